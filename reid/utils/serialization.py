@@ -1,0 +1,132 @@
+"""Checkpoint reading and writing.
+
+Reads every checkpoint form the release wrote (spec section 8): a plain state dict or
+``{'state_dict': ...}``, with or without ``module.`` prefixes (DataParallel / DDP), with or
+without BatchNorm ``num_batches_tracked`` entries (PyTorch 0.3 files lack them). Files are always
+read with ``torch.load(weights_only=True)`` so a checkpoint from an untrusted source cannot run
+code. Writes are atomic.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import shutil
+import zipfile
+from collections import OrderedDict
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from reid.errors import CheckpointError
+from reid.utils.osutils import PathLike, atomic_write
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def load_checkpoint(fpath: PathLike, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint file safely (``weights_only=True``).
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not a checkpoint, or would need to run
+            arbitrary code to load.
+    """
+    fpath = os.fspath(fpath)
+    if not os.path.isfile(fpath):
+        raise CheckpointError(f"{fpath}: checkpoint file not found")
+    try:
+        return torch.load(fpath, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        raise CheckpointError(
+            f"{fpath}: refused to load: the file holds objects other than tensors and plain "
+            f"containers, which could run code on load ({first})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{fpath}: not a readable checkpoint (truncated or corrupt?): {msg}") from None
+
+
+def extract_state_dict(obj: Any, source: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":
+    """Return the state dict inside a loaded checkpoint with wrapper prefixes removed.
+
+    Accepts a plain state dict or a dict holding one under ``'state_dict'``.
+    """
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) for k in obj):
+        raise CheckpointError(f"{source}: does not contain a state dict")
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for key, value in obj.items():
+        stripped = key
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if stripped.startswith(prefix):
+                    stripped = stripped[len(prefix):]
+                    changed = True
+        out[stripped] = value
+    return out
+
+
+def copy_state_dict(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module, strict: bool = True, source: str = "checkpoint"
+) -> nn.Module:
+    """Copy ``state_dict`` into ``model`` (unwrapping DataParallel/DDP first).
+
+    Missing ``num_batches_tracked`` buffers are tolerated (files from PyTorch 0.3). Any other
+    missing or unexpected key, or a shape mismatch, raises :class:`CheckpointError` naming them
+    when ``strict``; otherwise those keys are skipped.
+    """
+    target = model.module if hasattr(model, "module") else model
+    state_dict = extract_state_dict(state_dict, source)
+    own = target.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and isinstance(v, torch.Tensor) and v.shape != own[k].shape
+    ]
+    if strict and (missing or unexpected or mismatched):
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatch {_short(mismatched)}")
+        raise CheckpointError(
+            f"{source}: does not fit {type(target).__name__} (wrong network or options?): " + "; ".join(parts)
+        )
+    merged = dict(own)
+    bad = set(unexpected) | {m.split(" ")[0] for m in mismatched}
+    for k, v in state_dict.items():
+        if k not in bad:
+            merged[k] = v
+    target.load_state_dict(merged, strict=True)
+    return model
+
+
+def load_weights(fpath: PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
+    """Load the weights in checkpoint file ``fpath`` (any release form) into ``model``."""
+    return copy_state_dict(load_checkpoint(fpath), model, strict=strict, source=os.fspath(fpath))
+
+
+def save_checkpoint(state: Any, fpath: PathLike, is_best: bool = False, best_name: str = "model_best.pth.tar") -> None:
+    """Write ``state`` with ``torch.save`` atomically; copy it to ``best_name`` beside it if ``is_best``."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with atomic_write(fpath, "wb") as f:
+        f.write(buf.getbuffer())
+    if is_best:
+        best = os.path.join(os.path.dirname(os.fspath(fpath)), best_name)
+        with open(fpath, "rb") as src, atomic_write(best, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
+def _short(items: list, n: int = 5) -> str:
+    head = ", ".join(items[:n])
+    return f"[{head}{', ...' if len(items) > n else ''}] ({len(items)} in all)"
