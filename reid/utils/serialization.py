@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import shutil
 import zipfile
 from collections import OrderedDict
 from typing import Any, Mapping
@@ -116,15 +115,19 @@ def load_weights(fpath: PathLike, model: nn.Module, strict: bool = True) -> nn.M
 
 
 def save_checkpoint(state: Any, fpath: PathLike, is_best: bool = False, best_name: str = "model_best.pth.tar") -> None:
-    """Write ``state`` with ``torch.save`` atomically; copy it to ``best_name`` beside it if ``is_best``."""
+    """Write ``state`` with ``torch.save`` atomically; with ``is_best`` also to ``best_name`` beside it.
+
+    The best copy is written first, so an interruption between the two writes leaves a resume
+    file that redoes the epoch rather than one that claims a best model that was never written.
+    """
     buf = io.BytesIO()
     torch.save(state, buf)
-    with atomic_write(fpath, "wb") as f:
-        f.write(buf.getbuffer())
     if is_best:
         best = os.path.join(os.path.dirname(os.fspath(fpath)), best_name)
-        with open(fpath, "rb") as src, atomic_write(best, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        with atomic_write(best, "wb") as f:
+            f.write(buf.getbuffer())
+    with atomic_write(fpath, "wb") as f:
+        f.write(buf.getbuffer())
 
 
 def _short(items: list, n: int = 5) -> str:

@@ -1,0 +1,244 @@
+"""Feature extraction, distances and the two-stage cascade evaluation (spec section 7)."""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from reid.evaluation_metrics import evaluate_rank, format_results
+
+logger = logging.getLogger(__name__)
+
+Item = tuple  # (fname, pid, cam)
+
+
+def extract_features(
+    model: nn.Module, data_loader: DataLoader, device: torch.device | str = "cpu", desc: str = "Extract features"
+) -> "OrderedDict[str, torch.Tensor]":
+    """Run ``model`` in eval mode over ``data_loader`` of ``(img, fname, pid, cam)`` batches.
+
+    Returns an ordered dict file name -> float32 feature vector (on the CPU).
+    """
+    model.eval()
+    features: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    with torch.inference_mode():
+        for imgs, fnames, _, _ in tqdm(data_loader, desc=desc, leave=False, dynamic_ncols=True):
+            out = model(imgs.to(device, non_blocking=True)).float().cpu()
+            for fname, feat in zip(fnames, out):
+                features[fname] = feat
+    return features
+
+
+def pairwise_distance(query_features: torch.Tensor, gallery_features: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``||q||^2 + ||g||^2 - 2 q.g`` as a (num_query, num_gallery) matrix."""
+    q = query_features.float()
+    g = gallery_features.float()
+    qq = q.pow(2).sum(1, keepdim=True)
+    gg = g.pow(2).sum(1, keepdim=True).t()
+    return torch.addmm(qq + gg, q, g.t(), beta=1.0, alpha=-2.0)
+
+
+def default_embed_dist_fn(logits: torch.Tensor) -> torch.Tensor:
+    """Probability of 'different identity' from the verification head's 2-way logits."""
+    return F.softmax(logits, dim=1)[:, 0]
+
+
+def _square_head_as_weighted_distance(embed_model: nn.Module) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """For an eval-mode square EltwiseSubEmbed with a 2-way classifier, return (v, c) such that
+    logit_0 - logit_1 = sum_d v_d (x1_d - x2_d)^2 + c; None when the head has another form."""
+    from reid.models.embedding import EltwiseSubEmbed
+
+    if not isinstance(embed_model, EltwiseSubEmbed) or embed_model.training:
+        return None
+    if embed_model.nonlinearity != "square" or getattr(embed_model, "classifier", None) is None:
+        return None
+    weight = embed_model.classifier.weight.detach().double()
+    if weight.shape[0] != 2:
+        return None
+    bias = embed_model.classifier.bias
+    bias = bias.detach().double() if bias is not None else torch.zeros(2, dtype=torch.float64)
+    dims = weight.shape[1]
+    scale = torch.ones(dims, dtype=torch.float64)
+    shift = torch.zeros(dims, dtype=torch.float64)
+    bn = getattr(embed_model, "bn", None)
+    if bn is not None:
+        if not isinstance(bn, nn.BatchNorm1d) or bn.running_mean is None:
+            return None
+        inv_std = torch.rsqrt(bn.running_var.detach().double() + bn.eps)
+        gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones(dims, dtype=torch.float64)
+        beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros(dims, dtype=torch.float64)
+        scale = gamma * inv_std
+        shift = beta - bn.running_mean.detach().double() * scale
+    w = weight[0] - weight[1]
+    return (w * scale).float(), (w @ shift + bias[0] - bias[1]).float()
+
+
+def rerank_distances(
+    distmat: torch.Tensor,
+    query_features: torch.Tensor,
+    gallery_features: torch.Tensor,
+    embed_model: nn.Module,
+    embed_dist_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    rerank_topk: int = 75,
+    chunk_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Second cascade stage: re-score each query's first-stage top-k with the verification head.
+
+    The top-k distances are replaced by ``embed_dist_fn(embed_model(q, g))``; every other item of
+    the row is shifted by ``max(bar + 1 - d_k, 0)`` (``bar`` = largest new top-k score, ``d_k`` =
+    first-stage distance of the (k+1)-th item) so the re-scored items stay in front. All (query,
+    candidate) pairs are scored in batches of ``chunk_size`` queries.
+    """
+    num_query, num_gallery = distmat.shape
+    k = min(int(rerank_topk), num_gallery)
+    if k <= 0 or num_query == 0:
+        return distmat.clone()
+    embed_model.eval()
+    n_sel = min(k + 1, num_gallery)
+    order = torch.topk(distmat, n_sel, dim=1, largest=False, sorted=True).indices
+    top_idx = order[:, :k]
+    scores = torch.empty(num_query, k, dtype=torch.float32)
+
+    fast = _square_head_as_weighted_distance(embed_model) if embed_dist_fn in (None, default_embed_dist_fn) else None
+    fn = embed_dist_fn or default_embed_dist_fn
+    qf = query_features.float()
+    gf = gallery_features.float()
+    with torch.inference_mode():
+        if fast is not None:
+            v, c = fast
+            # sum_d v_d (q_d - g_d)^2 = q^2.v - 2 (q*v).g + g^2.v: only one gathered dot product per pair.
+            q_term = (qf.pow(2) * v).sum(1)
+            g_term = (gf.pow(2) * v).sum(1)
+            qv = qf * v
+            for start in range(0, num_query, chunk_size):
+                sl = slice(start, start + chunk_size)
+                idx = top_idx[sl]
+                cand = gf[idx]  # (c, k, d)
+                cross = torch.bmm(cand, qv[sl].unsqueeze(2)).squeeze(2)
+                diff_logit = q_term[sl, None] - 2.0 * cross + g_term[idx] + c
+                scores[sl] = torch.sigmoid(diff_logit)
+        else:
+            for start in range(0, num_query, chunk_size):
+                sl = slice(start, start + chunk_size)
+                idx = top_idx[sl]
+                n = idx.shape[0]
+                q_rep = qf[sl].unsqueeze(1).expand(n, k, qf.shape[1]).reshape(n * k, -1)
+                cand = gf[idx].reshape(n * k, -1)
+                logits = embed_model(q_rep.to(device), cand.to(device))
+                scores[sl] = fn(logits).float().cpu().reshape(n, k)
+
+    new = distmat.clone().float()
+    if k < num_gallery:
+        d_next = distmat.gather(1, order[:, k:k + 1]).squeeze(1)
+        bar = scores.max(1).values
+        offset = torch.clamp(bar + 1.0 - d_next, min=0.0)
+        new += offset[:, None]
+    new.scatter_(1, top_idx, scores)
+    return new
+
+
+class CascadeEvaluator:
+    """Evaluates a Siamese re-ID model in two stages (spec section 7).
+
+    Args:
+        base_model: the backbone producing pooled features.
+        embed_model: the verification head scoring (query, gallery) feature pairs.
+        embed_dist_fn: maps the head's logits to a distance (default: probability of 'different').
+        device: where to run the networks.
+    """
+
+    def __init__(
+        self,
+        base_model: nn.Module,
+        embed_model: nn.Module,
+        embed_dist_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.base_model = base_model
+        self.embed_model = embed_model
+        self.embed_dist_fn = embed_dist_fn
+        self.device = device
+
+    def evaluate(
+        self,
+        data_loader: DataLoader,
+        query: Sequence[Item],
+        gallery: Sequence[Item],
+        rerank_topk: int = 75,
+        second_stage: bool = True,
+        dataset: Optional[str] = None,
+        title: str = "",
+    ) -> dict:
+        """Extract features of every image in ``data_loader`` and report both stages.
+
+        Args:
+            data_loader: yields ``(img, fname, pid, cam)`` for (at least) every query and gallery file.
+            query, gallery: lists of ``(fname, pid, cam)``.
+            rerank_topk: how many first-stage candidates the verification head re-scores.
+            second_stage: also run the re-scoring stage.
+            dataset: dataset name; ``'cuhk03'`` selects the cuhk03 CMC configuration, anything
+                else the market1501 one.
+            title: prefix for the logged tables.
+
+        Returns:
+            ``{'first_stage': metrics, 'second_stage': metrics}`` (the latter only with
+            ``second_stage``), each as returned by :func:`reid.evaluation_metrics.evaluate_rank`.
+        """
+        features = extract_features(self.base_model, data_loader, self.device)
+        qf = _stack(features, query, "query")
+        gf = _stack(features, gallery, "gallery")
+        distmat = pairwise_distance(qf, gf)
+        return self.evaluate_features(qf, gf, distmat, query, gallery, rerank_topk, second_stage, dataset, title)
+
+    def evaluate_features(
+        self,
+        query_features: torch.Tensor,
+        gallery_features: torch.Tensor,
+        distmat: torch.Tensor,
+        query: Sequence[Item],
+        gallery: Sequence[Item],
+        rerank_topk: int = 75,
+        second_stage: bool = True,
+        dataset: Optional[str] = None,
+        title: str = "",
+    ) -> dict:
+        """Both cascade stages from already extracted features (see :meth:`evaluate`)."""
+        ids_cams = _ids_cams(query, gallery)
+        config = "cuhk03" if dataset == "cuhk03" else "market1501"
+        results = {"first_stage": evaluate_rank(distmat, *ids_cams, cmc_config=config)}
+        logger.info(format_results(results["first_stage"], f"{title}first stage (Euclidean distance)"))
+        if second_stage:
+            dist2 = rerank_distances(
+                distmat, query_features, gallery_features, self.embed_model, self.embed_dist_fn,
+                rerank_topk=rerank_topk, device=self.device,
+            )
+            results["second_stage"] = evaluate_rank(dist2, *ids_cams, cmc_config=config)
+            logger.info(format_results(
+                results["second_stage"], f"{title}second stage (verification re-scoring of top {rerank_topk})"))
+        return results
+
+
+def _stack(features: "OrderedDict[str, torch.Tensor]", items: Iterable[Item], what: str) -> torch.Tensor:
+    rows = []
+    for fname, _, _ in items:
+        if fname not in features:
+            raise KeyError(f"no feature was extracted for {what} image {fname}")
+        rows.append(features[fname])
+    if not rows:
+        return torch.zeros(0, 0)
+    return torch.stack(rows)
+
+
+def _ids_cams(query: Sequence[Item], gallery: Sequence[Item]) -> tuple:
+    q_ids = torch.tensor([pid for _, pid, _ in query], dtype=torch.long)
+    g_ids = torch.tensor([pid for _, pid, _ in gallery], dtype=torch.long)
+    q_cams = torch.tensor([cam for _, _, cam in query], dtype=torch.long)
+    g_cams = torch.tensor([cam for _, _, cam in gallery], dtype=torch.long)
+    return q_ids.numpy(), g_ids.numpy(), q_cams.numpy(), g_cams.numpy()

@@ -1,0 +1,159 @@
+"""Stage I (paper) / ``baseline.py``: train and evaluate the Siamese re-ID baseline (spec section 6)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from reid.errors import CheckpointError, ConfigError
+from reid.pipelines.common import (
+    build_siamese, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results,
+)
+from reid.trainers import SiameseTrainer
+from reid.utils.data.loaders import build_pair_loader
+from reid.utils.runtime import get_rng_state, resolve_device, seed_everything, set_rng_state
+from reid.utils.serialization import copy_state_dict, load_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BaselineConfig:
+    """Settings of a Stage I run; field names and defaults follow baseline.py's flags (spec section 9)."""
+
+    dataset: str = "market1501"
+    batch_size: int = 256
+    workers: int = 4
+    split: int = 0
+    height: int = 256
+    width: int = 128
+    combine_trainval: bool = False
+    arch: str = "resnet50"
+    lr: float = 0.01
+    np_ratio: int = 3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    step_size: int = 40
+    resume: str = ""
+    evaluate: bool = False
+    epochs: int = 50
+    eval_step: int = 20
+    seed: int = 1
+    data_dir: str = "./datasets"
+    logs_dir: str = "./checkpoints"
+    pretrained: bool = True
+    device: str = "auto"
+    protocol: str = "openreid"
+    rerank_topk: Optional[int] = None
+    num_val: Optional[float] = None
+    max_iters_per_epoch: Optional[int] = None
+    deterministic: bool = False
+    progress: bool = True
+
+
+def with_module_prefix(model: nn.Module) -> dict:
+    """The state dict as the release's DataParallel-wrapped model wrote it (``module.`` keys)."""
+    net = model.module if hasattr(model, "module") else model
+    return {f"module.{k}": v for k, v in net.state_dict().items()}
+
+
+def run_baseline(cfg: BaselineConfig) -> dict:
+    """Train (or with ``cfg.evaluate`` only evaluate) the Stage I baseline; returns the test metrics."""
+    if cfg.evaluate and not cfg.resume:
+        raise ConfigError("--evaluate needs --resume PATH of the checkpoint to evaluate")
+    protocols = expand_protocols(cfg.protocol)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.num_val, protocol=protocols[0])
+    model = build_siamese(cfg.arch, pretrained=cfg.pretrained and not cfg.resume, num_classes=2).to(device)
+    eval_kwargs = dict(dataset_name=cfg.dataset, data_dir=cfg.data_dir, split_id=cfg.split, protocols=protocols,
+                       height=cfg.height, width=cfg.width, batch_size=cfg.batch_size, workers=cfg.workers,
+                       device=device, num_val=cfg.num_val)
+
+    if cfg.evaluate:
+        checkpoint = load_checkpoint(cfg.resume)
+        copy_state_dict(checkpoint, model, source=cfg.resume)
+        topk = cfg.rerank_topk if cfg.rerank_topk is not None else 100
+        results = evaluate_on_test(model, rerank_topk=topk, title="[test] ", **eval_kwargs)
+        out = os.path.join(os.path.dirname(os.path.abspath(cfg.resume)), "evaluate_results.json")
+        write_results(out, results, checkpoint=os.path.abspath(cfg.resume), dataset=cfg.dataset,
+                      split=cfg.split, rerank_topk=topk)
+        logger.info("Metrics written to %s", out)
+        return results
+
+    train_items = dataset.trainval if cfg.combine_trainval else dataset.train
+    train_loader = build_pair_loader(train_items, dataset.images_dir, cfg.height, cfg.width, cfg.batch_size,
+                                     cfg.workers, np_ratio=cfg.np_ratio, pin_memory=device.type == "cuda")
+    param_groups = [
+        {"params": model.base_model.parameters(), "lr_mult": 1.0},
+        {"params": model.embed_model.parameters(), "lr_mult": 1.0},
+    ]
+    optimizer = torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    trainer = SiameseTrainer(model, nn.CrossEntropyLoss().to(device), device=device)
+
+    start_epoch, best_map = 0, -1.0
+    ckpt_path = os.path.join(cfg.logs_dir, "checkpoint.pth.tar")
+    best_path = os.path.join(cfg.logs_dir, "model_best.pth.tar")
+    if cfg.resume:
+        start_epoch, best_map = _resume(cfg.resume, model, optimizer)
+        if start_epoch >= cfg.epochs:
+            logger.info("%s already finished %d epochs; going straight to the final test", cfg.resume, cfg.epochs)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = cfg.lr * (0.1 ** (epoch // cfg.step_size))
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+        trainer.train(epoch, train_loader, optimizer, max_iters=cfg.max_iters_per_epoch, progress=cfg.progress)
+        is_best = False
+        if epoch % cfg.eval_step == 0 or epoch == cfg.epochs - 1:
+            val = evaluate_on_val(model, dataset, cfg.height, cfg.width, cfg.batch_size, cfg.workers,
+                                  rerank_topk=75, device=device, dataset_name=cfg.dataset)
+            val_map = val["second_stage"]["mAP"]
+            is_best = val_map > best_map
+            best_map = max(best_map, val_map)
+            logger.info("Epoch %d: validation mAP %.1f%% (best %.1f%%)%s", epoch, 100 * val_map,
+                        100 * best_map, " *" if is_best else "")
+        state = {
+            "state_dict": with_module_prefix(model),
+            "epoch": epoch,
+            "best_map": best_map,
+            "optimizer": optimizer.state_dict(),
+            "rng": get_rng_state(),
+            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))},
+        }
+        save_checkpoint(state, ckpt_path, is_best=is_best)
+
+    if not os.path.isfile(best_path):
+        raise CheckpointError(f"{best_path}: no best model was saved (did training run any epoch?)")
+    copy_state_dict(load_checkpoint(best_path), model, source=best_path)
+    topk = cfg.rerank_topk if cfg.rerank_topk is not None else 75
+    results = evaluate_on_test(model, rerank_topk=topk, title="[test] ", **eval_kwargs)
+    out = os.path.join(cfg.logs_dir, "results.json")
+    write_results(out, results, checkpoint=os.path.abspath(best_path), dataset=cfg.dataset, split=cfg.split,
+                  rerank_topk=topk, best_val_mAP=best_map)
+    logger.info("Metrics written to %s", out)
+    return results
+
+
+def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+    """Load weights from ``path``; if it is a training state, also the optimiser, epoch and RNGs."""
+    checkpoint = load_checkpoint(path)
+    copy_state_dict(checkpoint, model, source=path)
+    if not (isinstance(checkpoint, dict) and "epoch" in checkpoint and "optimizer" in checkpoint):
+        logger.info("Loaded weights from %s; training starts at epoch 0", path)
+        return 0, -1.0
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: optimizer state does not fit this model ({e})") from None
+    if "rng" in checkpoint:
+        set_rng_state(checkpoint["rng"])
+    epoch = int(checkpoint["epoch"]) + 1
+    best = float(checkpoint.get("best_map", -1.0))
+    logger.info("Resumed %s: continuing at epoch %d (best validation mAP %.1f%%)", path, epoch, 100 * max(best, 0))
+    return epoch, best

@@ -1,0 +1,111 @@
+"""Pieces shared by the Stage I and Stage II/III runs: model building, data and evaluation."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from reid import datasets, models
+from reid.errors import ConfigError
+from reid.evaluators import CascadeEvaluator, extract_features, pairwise_distance
+from reid.models.embedding import EltwiseSubEmbed
+from reid.models.multi_branch import SiameseNet
+from reid.utils.data.dataset import Dataset
+from reid.utils.data.loaders import build_eval_loader, unique_items
+from reid.utils.osutils import write_json
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("openreid", "official")
+
+
+def build_siamese(arch: str = "resnet50", pretrained: bool = True, num_classes: int = 2) -> SiameseNet:
+    """SiameseNet(ResNet cut at pooling, EltwiseSubEmbed(square, BN, classifier)) as net_E / net_Di."""
+    base = models.create(arch, pretrained=pretrained, cut_at_pooling=True)
+    embed = EltwiseSubEmbed(
+        nonlinearity="square", use_batch_norm=True, use_classifier=True,
+        num_features=base.num_features, num_classes=num_classes,
+    )
+    return SiameseNet(base, embed)
+
+
+def load_dataset(
+    name: str, data_dir: str, split_id: int = 0, num_val: Optional[float] = None, protocol: str = "openreid",
+    require_poses: bool = False,
+) -> Dataset:
+    """Load ``<data_dir>/<name>`` (the folder name must equal the dataset name, as the release)."""
+    kwargs = dict(split_id=split_id, protocol=protocol, require_poses=require_poses)
+    if num_val is not None:
+        kwargs["num_val"] = int(num_val) if float(num_val).is_integer() and num_val >= 1 else float(num_val)
+    return datasets.create(name, os.path.join(data_dir, name), **kwargs)
+
+
+def expand_protocols(protocol: str) -> list[str]:
+    """``openreid`` / ``official`` / ``both`` -> the list of protocols to report."""
+    if protocol == "both":
+        return list(PROTOCOLS)
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol {protocol}: expected one of openreid, official, both")
+    return [protocol]
+
+
+def evaluate_on_test(
+    model: SiameseNet,
+    dataset_name: str,
+    data_dir: str,
+    split_id: int,
+    protocols: Iterable[str],
+    height: int,
+    width: int,
+    batch_size: int,
+    workers: int,
+    rerank_topk: int,
+    device: torch.device,
+    num_val: Optional[float] = None,
+    title: str = "",
+) -> dict:
+    """Both cascade stages on query/gallery under each protocol; features are extracted once.
+
+    Returns ``{protocol: {'first_stage': metrics, 'second_stage': metrics}}``.
+    """
+    loaded = {p: load_dataset(dataset_name, data_dir, split_id, num_val, protocol=p) for p in protocols}
+    first = next(iter(loaded.values()))
+    items = unique_items(*[d.query for d in loaded.values()], *[d.gallery for d in loaded.values()])
+    loader = build_eval_loader(items, first.images_dir, height, width, batch_size, workers)
+    base, embed = _unwrap(model).base_model, _unwrap(model).embed_model
+    features = extract_features(base, loader, device, desc="Extract test features")
+    evaluator = CascadeEvaluator(base, embed, device=device)
+    results = {}
+    for protocol, ds in loaded.items():
+        qf = torch.stack([features[f] for f, _, _ in ds.query])
+        gf = torch.stack([features[f] for f, _, _ in ds.gallery])
+        logger.info("%s protocol: %d query and %d gallery images", protocol, len(ds.query), len(ds.gallery))
+        results[protocol] = evaluator.evaluate_features(
+            qf, gf, pairwise_distance(qf, gf), ds.query, ds.gallery, rerank_topk=rerank_topk,
+            dataset=dataset_name, title=f"{title}[{protocol}] ",
+        )
+    return results
+
+
+def evaluate_on_val(
+    model: SiameseNet, dataset: Dataset, height: int, width: int, batch_size: int, workers: int,
+    rerank_topk: int, device: torch.device, dataset_name: Optional[str] = None,
+) -> dict:
+    """Both cascade stages with the validation identities as query and gallery."""
+    loader = build_eval_loader(dataset.val, dataset.images_dir, height, width, batch_size, workers)
+    net = _unwrap(model)
+    evaluator = CascadeEvaluator(net.base_model, net.embed_model, device=device)
+    return evaluator.evaluate(loader, dataset.val, dataset.val, rerank_topk=rerank_topk,
+                              dataset=dataset_name, title="[validation] ")
+
+
+def write_results(path: str, results: dict, **context) -> None:
+    """Write metrics and the settings that produced them as JSON (atomically)."""
+    write_json({**context, "results": results}, path)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model

@@ -1,0 +1,87 @@
+"""Training loop of the Stage I Siamese baseline (spec section 6)."""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from reid.errors import FDGANError
+from reid.evaluation_metrics import accuracy
+from reid.utils.meters import AverageMeter
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FDGANError):
+    """The training loss became NaN or infinite."""
+
+
+class BaseTrainer:
+    """One epoch over a pair loader; subclasses say how a batch becomes inputs and a loss."""
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, device: torch.device | str = "cpu") -> None:
+        self.model = model
+        self.criterion = criterion
+        self.device = device
+
+    def train(
+        self,
+        epoch: int,
+        data_loader: DataLoader,
+        optimizer: torch.optim.Optimizer,
+        max_iters: Optional[int] = None,
+        progress: bool = True,
+    ) -> dict:
+        """Train for one epoch; returns ``{'loss': mean loss, 'prec': mean pair accuracy}``.
+
+        Raises:
+            NonFiniteLossError: the loss became NaN/inf (nothing of this step is applied).
+        """
+        self.model.train()
+        losses, precisions = AverageMeter(), AverageMeter()
+        total = len(data_loader) if max_iters is None else min(len(data_loader), max_iters)
+        bar = tqdm(data_loader, total=total, desc=f"Epoch {epoch}", leave=False, dynamic_ncols=True,
+                   disable=not progress)
+        for i, inputs in enumerate(bar):
+            if max_iters is not None and i >= max_iters:
+                break
+            model_inputs, targets = self._parse_data(inputs)
+            loss, prec = self._forward(model_inputs, targets)
+            if not math.isfinite(loss.item()):
+                raise NonFiniteLossError(f"epoch {epoch} iteration {i}: the training loss is {loss.item()}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = targets.size(0)
+            losses.update(loss.item(), n)
+            precisions.update(prec, n)
+            bar.set_postfix(loss=f"{losses.avg:.3f}", prec=f"{precisions.avg:.2%}")
+        bar.close()
+        logger.info("Epoch %d: loss %.4f, pair accuracy %.2f%%", epoch, losses.avg, 100 * precisions.avg)
+        return {"loss": losses.avg, "prec": precisions.avg}
+
+    def _parse_data(self, inputs):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _forward(self, inputs, targets):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class SiameseTrainer(BaseTrainer):
+    """Verification training: cross-entropy of the 2-way head on label = (pid1 == pid2)."""
+
+    def _parse_data(self, inputs):
+        (imgs1, _, pids1, _), (imgs2, _, pids2, _) = inputs
+        targets = (pids1 == pids2).long().to(self.device)
+        return (imgs1.to(self.device, non_blocking=True), imgs2.to(self.device, non_blocking=True)), targets
+
+    def _forward(self, inputs, targets):
+        _, _, logits = self.model(*inputs)
+        loss = self.criterion(logits, targets)
+        (prec,) = accuracy(logits.detach(), targets.detach())
+        return loss, float(prec)

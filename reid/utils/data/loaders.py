@@ -1,0 +1,91 @@
+"""DataLoader builders shared by baseline.py and train.py."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from torch.utils.data import DataLoader, Sampler
+
+from reid.utils.data.preprocessor import Preprocessor
+from reid.utils.data.sampler import RandomPairSampler
+from reid.utils.data.transforms import build_test_transform, build_train_transform
+from reid.utils.runtime import worker_init_fn
+
+Item = tuple  # (fname, pid, cam)
+
+
+def unique_items(*lists: Sequence[Item]) -> list[Item]:
+    """The union of item lists without duplicates, sorted by file name (stable feature order)."""
+    seen: dict[str, Item] = {}
+    for items in lists:
+        for item in items:
+            seen.setdefault(item[0], item)
+    return [seen[k] for k in sorted(seen)]
+
+
+def build_pair_loader(
+    items: Sequence[Item],
+    images_dir: str,
+    height: int,
+    width: int,
+    batch_size: int,
+    workers: int,
+    np_ratio: int = 3,
+    sampler: Optional[Sampler] = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Training pairs for Stage I: batches of ``batch_size`` (anchor, partner) pairs."""
+    return DataLoader(
+        Preprocessor(items, root=images_dir, transform=build_train_transform(height, width)),
+        sampler=sampler if sampler is not None else RandomPairSampler(items, neg_pos_ratio=np_ratio),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=len(items) * (1 + np_ratio) > batch_size,  # a 1-pair last batch breaks BatchNorm1d
+        worker_init_fn=worker_init_fn,
+    )
+
+
+def build_eval_loader(
+    items: Sequence[Item], images_dir: str, height: int, width: int, batch_size: int, workers: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Test-time images in a fixed order: ``(img, fname, pid, cam)`` batches."""
+    return DataLoader(
+        Preprocessor(list(items), root=images_dir, transform=build_test_transform(height, width)),
+        batch_size=batch_size,
+        num_workers=workers,
+        shuffle=False,
+        pin_memory=pin_memory,
+        worker_init_fn=worker_init_fn,
+    )
+
+
+def build_pose_pair_loader(
+    items: Sequence[Item],
+    pid_imgs: dict,
+    images_dir: str,
+    poses_dir: str,
+    height: int,
+    width: int,
+    batch_size: int,
+    workers: int,
+    pose_aug: str = "no",
+    np_ratio: int = 3,
+    sampler: Optional[Sampler] = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Pose-guided training pairs for Stages II and III (spec section 2)."""
+    dataset = Preprocessor(
+        list(items), root=images_dir, with_pose=True, pose_root=poses_dir, pid_imgs=pid_imgs,
+        height=height, width=width, pose_aug=pose_aug,
+    )
+    return DataLoader(
+        dataset,
+        sampler=sampler if sampler is not None else RandomPairSampler(items, neg_pos_ratio=np_ratio),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=len(items) * (1 + np_ratio) > batch_size,
+        worker_init_fn=worker_init_fn,
+    )
+

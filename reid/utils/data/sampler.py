@@ -1,0 +1,98 @@
+"""Pair sampling for the Siamese re-ID baseline and FD-GAN (spec section 2)."""
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from reid.errors import ConfigError
+
+
+class RandomPairSampler(Sampler[Tuple[int, int]]):
+    """Yield ``(anchor, other)`` index pairs: one positive, then ``neg_pos_ratio`` negatives.
+
+    Each epoch visits every sample once as the anchor, in random order. For each anchor it yields
+    ``(anchor, j)`` with ``j`` drawn uniformly among the OTHER samples of the anchor's label (the
+    anchor itself when its label has a single sample), then ``neg_pos_ratio`` pairs
+    ``(anchor, k)`` with each ``k`` drawn uniformly and independently among all samples of other
+    labels. The length is ``N * (1 + neg_pos_ratio)``.
+
+    All draws of an epoch are made at once, from ``generator`` or, when it is None, from torch's
+    default generator (so ``torch.manual_seed`` reproduces the epoch sequence).
+
+    Args:
+        data_source: the samples, each ``(fname, label, cam)``; only the label is used.
+        neg_pos_ratio: negatives per positive (``--np-ratio``), a non-negative integer.
+        generator: an optional ``torch.Generator`` for the draws.
+
+    Raises:
+        ConfigError: a negative or non-integer ratio, or negatives asked of a one-label dataset.
+    """
+
+    def __init__(self, data_source: Sequence[Tuple[Any, Any, Any]], neg_pos_ratio: int = 1,
+                 generator: Optional[torch.Generator] = None) -> None:
+        if isinstance(neg_pos_ratio, bool) or not isinstance(neg_pos_ratio, (int, np.integer)) \
+                or neg_pos_ratio < 0:
+            raise ConfigError(f"--np-ratio must be a non-negative integer, got {neg_pos_ratio!r}")
+        self.neg_pos_ratio = int(neg_pos_ratio)
+        self.generator = generator
+        self.num_samples = len(data_source)
+        if self.num_samples == 0:
+            group = np.zeros(0, dtype=np.int64)
+            self._order = torch.zeros(0, dtype=torch.long)
+            self._start = self._size = self._rank = self._order
+            return
+        labels = [item[1] for item in data_source]
+        _, group = np.unique(np.asarray(labels), return_inverse=True)
+        group = group.reshape(-1)
+        counts = np.bincount(group)
+        if self.neg_pos_ratio > 0 and len(counts) < 2:
+            raise ConfigError("--np-ratio > 0 needs at least two identities in the training set, found one")
+        # Samples sorted by label: the members of label g occupy order[start_g : start_g + count_g].
+        order = np.argsort(group, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.empty(self.num_samples, dtype=np.int64)
+        rank[order] = np.arange(self.num_samples) - starts[group[order]]
+        self._order = torch.from_numpy(order.astype(np.int64))
+        self._start = torch.from_numpy(starts[group].astype(np.int64))
+        self._size = torch.from_numpy(counts[group].astype(np.int64))
+        self._rank = torch.from_numpy(rank)
+
+    def __len__(self) -> int:
+        return self.num_samples * (1 + self.neg_pos_ratio)
+
+    def _uniform_below(self, high: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
+        """Integers uniform in ``[0, high)`` (elementwise, ``high`` broadcast to ``shape``)."""
+        u = torch.rand(shape, dtype=torch.float64, generator=self.generator)
+        k = torch.floor(u * high).long()
+        return torch.minimum(k, (high - 1).clamp_min(0))
+
+    def _epoch_pairs(self) -> torch.Tensor:
+        """All ``(anchor, other)`` pairs of one epoch as an ``(N * (1 + ratio), 2)`` tensor."""
+        n, r = self.num_samples, self.neg_pos_ratio
+        anchors = torch.randperm(n, generator=self.generator)
+        start, size, rank = self._start[anchors], self._size[anchors], self._rank[anchors]
+
+        # Positive: uniform among the size - 1 other members; skipping over the anchor's own slot.
+        k = self._uniform_below(size - 1, (n,))
+        k = k + (k >= rank).long()
+        k = torch.where(size == 1, rank, k)
+        positives = self._order[start + k]
+
+        # Negatives: uniform over the n - size samples outside the anchor's label block.
+        k = self._uniform_below((n - size).unsqueeze(1), (n, r))
+        k = k + size.unsqueeze(1) * (k >= start.unsqueeze(1)).long()
+        negatives = self._order[k]
+
+        pairs = torch.empty((n, 1 + r, 2), dtype=torch.long)
+        pairs[:, :, 0] = anchors.unsqueeze(1)
+        pairs[:, 0, 1] = positives
+        pairs[:, 1:, 1] = negatives
+        return pairs.reshape(-1, 2)
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        if self.num_samples == 0:
+            return iter(())
+        return (tuple(pair) for pair in self._epoch_pairs().tolist())
