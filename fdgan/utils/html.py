@@ -81,7 +81,9 @@ class HTML:
         with table:
             with tags.tr():
                 for im, txt, link in zip(ims, txts, links):
-                    with tags.td(style="word-wrap: break-word;", halign="center", valign="top"):
+                    with tags.td(
+                        style="word-wrap: break-word; text-align: center; vertical-align: top;"
+                    ):
                         with tags.p():
                             with tags.a(href=url_for(link)):
                                 tags.img(style=f"width:{int(width)}px", src=url_for(im), alt=txt)

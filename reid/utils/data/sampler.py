@@ -40,7 +40,6 @@ class RandomPairSampler(Sampler[Tuple[int, int]]):
         self.generator = generator
         self.num_samples = len(data_source)
         if self.num_samples == 0:
-            group = np.zeros(0, dtype=np.int64)
             self._order = torch.zeros(0, dtype=torch.long)
             self._start = self._size = self._rank = self._order
             return

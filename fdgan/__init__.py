@@ -1,0 +1,1 @@
+"""The GAN half of FD-GAN: generator, pose discriminator, losses and the training model."""

@@ -1,0 +1,333 @@
+"""FDGANModel: the networks, losses, optimisers and update step of Stages II and III (spec section 5)."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import OrderedDict
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fdgan.losses import GANLoss
+from fdgan.networks import (
+    CustomPoseGenerator, NLayerDiscriminator, get_norm_layer, get_scheduler, init_weights, set_bn_fix,
+)
+from fdgan.utils.util import posemap2im, tensor2im
+from reid.errors import ConfigError
+from reid.pipelines.common import build_siamese
+from reid.utils.osutils import atomic_write
+from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+NET_NAMES = ("E", "G", "Di", "Dp")
+LOSS_NAMES = ("G_v", "G_r", "G_sp", "G_gan_Di", "G_gan_Dp", "D_i", "D_p")
+# With --smooth-label the discriminators' real/fake targets are swapped with this probability per update.
+FLIP_PROBABILITY = 1.0 / 10001
+
+
+class FDGANModel:
+    """Pose-guided feature distilling GAN: encoder E, generator G, identity and pose discriminators.
+
+    Args:
+        stage: 1 = paper Stage II (E frozen, G/Dp initialised, Di from E); 2 = Stage III (all trained).
+        arch: ResNet depth of E and Di.
+        height, width: image size (divisible by 32).
+        pose_feature_size, noise_feature_size: sizes of G's pose feature and noise vector.
+        norm: normalisation of G and Dp (batch, instance, none).
+        drop: dropout of G's decoder.
+        connect_layers: skip connections of G (0..5).
+        fuse_mode: 'cat' or 'add' fusion in G.
+        lr: base learning rate (see spec section 5 for each optimiser's share).
+        lambda_recon, lambda_veri, lambda_sp: loss weights.
+        smooth_label: smoothed discriminator targets (and rare target swaps).
+        niter, niter_decay: epochs at the full rate, then epochs of linear decay.
+        netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain: checkpoint files to start from.
+        pretrained: ImageNet weights for E/Di backbones when no E file is given (stage 1 only).
+        apply_lr_mult: apply the per-group lr multipliers of stage 2 (the release ignores them).
+        share_di_features: compute Di's backbone pass over the origin images once per update (Di's
+            BatchNorm is frozen, so the numbers are those of separate passes).
+        device: where the networks live.
+    """
+
+    def __init__(
+        self,
+        stage: int = 1,
+        arch: str = "resnet50",
+        height: int = 256,
+        width: int = 128,
+        pose_feature_size: int = 128,
+        noise_feature_size: int = 256,
+        norm: str = "batch",
+        drop: float = 0.2,
+        connect_layers: int = 0,
+        fuse_mode: str = "cat",
+        lr: float = 0.001,
+        lambda_recon: float = 1.0,
+        lambda_veri: float = 1.0,
+        lambda_sp: float = 1.0,
+        smooth_label: bool = False,
+        niter: int = 50,
+        niter_decay: int = 50,
+        netE_pretrain: str = "",
+        netG_pretrain: str = "",
+        netDi_pretrain: str = "",
+        netDp_pretrain: str = "",
+        pretrained: bool = True,
+        apply_lr_mult: bool = False,
+        share_di_features: bool = True,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if stage not in (1, 2):
+            raise ConfigError(f"--stage {stage}: expected 1 (GAN pre-training) or 2 (global fine-tuning)")
+        self.stage = stage
+        self.device = torch.device(device)
+        self.lambda_recon, self.lambda_veri, self.lambda_sp = lambda_recon, lambda_veri, lambda_sp
+        self.smooth_label = smooth_label
+        self.noise_feature_size = noise_feature_size
+        self.share_di_features = share_di_features
+        check_pretrain_files(stage, netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain, pretrained)
+
+        use_imagenet = pretrained and stage == 1 and not netE_pretrain
+        self.net_E = build_siamese(arch, pretrained=use_imagenet, num_classes=2)
+        self.net_Di = build_siamese(arch, pretrained=False, num_classes=1)
+        reid_size = self.net_E.embed_model.classifier.in_features
+        norm_layer = get_norm_layer(norm)
+        self.net_G = CustomPoseGenerator(
+            pose_feature_nc=pose_feature_size, reid_feature_nc=reid_size, noise_nc=noise_feature_size,
+            pose_nc=18, output_nc=3, dropout=drop, norm_layer=norm_layer, fuse_mode=fuse_mode,
+            connect_layers=connect_layers, height=height, width=width,
+        )
+        self.net_Dp = NLayerDiscriminator(3 + 18, norm_layer=norm_layer)
+
+        if stage == 1:
+            init_weights(self.net_G)
+            init_weights(self.net_Dp)
+            if netE_pretrain:
+                self._load("E", netE_pretrain)
+            self.init_di_from_e()
+            for p in self.net_E.parameters():
+                p.requires_grad_(False)
+        else:
+            for name, path in zip(NET_NAMES, (netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain)):
+                self._load(name, path)
+        for name in NET_NAMES:
+            self.net(name).to(self.device)
+
+        self.criterion_gan_d = GANLoss(smooth=smooth_label).to(self.device)
+        self.criterion_gan_g = GANLoss(smooth=False).to(self.device)
+        self._build_optimizers(lr, apply_lr_mult)
+        self.schedulers = [get_scheduler(o, niter, niter_decay) for o in self.optimizers.values()]
+        self.losses: "OrderedDict[str, float]" = OrderedDict((k, 0.0) for k in LOSS_NAMES)
+
+    @classmethod
+    def from_options(cls, opt, device: torch.device | str = "cpu") -> "FDGANModel":
+        """Build from train.py's parsed options."""
+        return cls(
+            stage=opt.stage, arch=opt.arch, height=opt.height, width=opt.width,
+            pose_feature_size=opt.pose_feature_size, noise_feature_size=opt.noise_feature_size,
+            norm=opt.norm, drop=opt.drop, connect_layers=opt.connect_layers, fuse_mode=opt.fuse_mode,
+            lr=opt.lr, lambda_recon=opt.lambda_recon, lambda_veri=opt.lambda_veri, lambda_sp=opt.lambda_sp,
+            smooth_label=opt.smooth_label, niter=opt.niter, niter_decay=opt.niter_decay,
+            netE_pretrain=opt.netE_pretrain, netG_pretrain=opt.netG_pretrain,
+            netDi_pretrain=opt.netDi_pretrain, netDp_pretrain=opt.netDp_pretrain,
+            pretrained=not opt.no_pretrained, apply_lr_mult=opt.apply_lr_mult, device=device,
+        )
+
+    # ------------------------------------------------------------------ set-up
+    def net(self, name: str) -> nn.Module:
+        """The network called ``name`` (E, G, Di or Dp)."""
+        return getattr(self, f"net_{name}")
+
+    def _load(self, name: str, path: str) -> None:
+        copy_state_dict(load_checkpoint(path), self.net(name), source=path)
+        logger.info("net_%s: loaded %s", name, path)
+
+    def init_di_from_e(self) -> None:
+        """Di = E's weights with the 1-way classifier taken from row 1 ('same identity') of E's."""
+        state = extract_state_dict(self.net_E.state_dict())
+        state["embed_model.classifier.weight"] = state["embed_model.classifier.weight"][1:2].clone()
+        state["embed_model.classifier.bias"] = state["embed_model.classifier.bias"][1:2].clone()
+        copy_state_dict(state, self.net_Di, source="net_E")
+
+    def _build_optimizers(self, lr: float, apply_lr_mult: bool) -> None:
+        betas = (0.5, 0.999)
+        if self.stage == 1:
+            opt_g = torch.optim.Adam(self.net_G.parameters(), lr=lr * 0.1, betas=betas)
+            opt_di = torch.optim.SGD(self.net_Di.parameters(), lr=lr * 0.01, momentum=0.9, weight_decay=1e-4)
+        else:
+            groups = [
+                {"params": list(self.net_E.base_model.parameters()), "lr_mult": 0.1},
+                {"params": list(self.net_E.embed_model.parameters()), "lr_mult": 1.0},
+                {"params": list(self.net_G.parameters()), "lr_mult": 0.1},
+            ]
+            if apply_lr_mult:
+                for g in groups:
+                    g["lr"] = lr * g["lr_mult"]
+            opt_g = torch.optim.Adam(groups, lr=lr * 0.1, betas=betas)
+            opt_di = torch.optim.SGD(self.net_Di.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+        opt_dp = torch.optim.SGD(self.net_Dp.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+        self.optimizers = OrderedDict([("G", opt_g), ("Di", opt_di), ("Dp", opt_dp)])
+
+    def train_mode(self) -> None:
+        """Put each network in its stage's mode (called at the start of every epoch)."""
+        self.net_G.train()
+        self.net_Dp.train()
+        self.net_Di.train()
+        set_bn_fix(self.net_Di)
+        if self.stage == 1:
+            self.net_E.eval()
+        else:
+            self.net_E.train()
+            set_bn_fix(self.net_E)
+
+    def eval_mode(self) -> None:
+        for name in NET_NAMES:
+            self.net(name).eval()
+
+    # ------------------------------------------------------------------ one step
+    def set_input(self, inputs) -> None:
+        """Take a pose-pair batch ``[first members, second members]`` (dicts of the pose loader)."""
+        first, second = inputs
+        dev = self.device
+        pid1, pid2 = torch.as_tensor(first["pid"]).view(-1), torch.as_tensor(second["pid"]).view(-1)
+        self.label = (pid1 == pid2).long().to(dev)
+        pos = self.label.bool().view(-1, 1, 1, 1)
+        b = pid1.numel()
+        noise = torch.randn(b, self.noise_feature_size)
+        posemap2 = torch.where(pos.cpu(), first["posemap"], second["posemap"])
+        target2 = torch.where(pos.cpu(), first["target"], second["target"])
+        self.origin = torch.cat([first["origin"], second["origin"]]).to(dev)
+        self.target = torch.cat([first["target"], target2]).to(dev)
+        self.posemap = torch.cat([first["posemap"], posemap2]).to(dev)
+        self.noise = torch.cat([noise, noise]).view(2 * b, -1, 1, 1).to(dev)
+        self.batch_pairs = b
+
+    def forward(self) -> None:
+        b = self.batch_pairs
+        f1, f2, self.id_score = self.net_E(self.origin[:b], self.origin[b:])
+        reid_feature = torch.cat([f1, f2]).view(2 * b, -1, 1, 1)
+        self.fake = self.net_G(self.posemap, reid_feature, self.noise)
+
+    def _di_logits(self, images: list[torch.Tensor], grad: bool) -> list[torch.Tensor]:
+        """Di's logits for (origin, x) for each x in ``images``."""
+        if self.share_di_features:
+            with torch.set_grad_enabled(grad and self.stage == 2):
+                # Origin features carry no gradient to G; Di's BN is frozen, so one pass serves all.
+                f_origin = self.net_Di.base_model(self.origin)
+            f_others = self.net_Di.base_model(torch.cat(images)) if len(images) > 1 else \
+                self.net_Di.base_model(images[0])
+            n = self.origin.shape[0]
+            return [self.net_Di.embed_model(f_origin, f_others[i * n:(i + 1) * n]) for i in range(len(images))]
+        return [self.net_Di(self.origin, x)[2] for x in images]
+
+    def _d_targets(self) -> tuple[bool, bool]:
+        if self.smooth_label and random.random() < FLIP_PROBABILITY:
+            return False, True
+        return True, False
+
+    def backward_Di(self) -> None:
+        real_t, fake_t = self._d_targets()
+        pred_real, pred_fake = self._di_logits([self.target, self.fake.detach()], grad=True)
+        loss = 0.5 * (self.criterion_gan_d(pred_real, real_t) + self.criterion_gan_d(pred_fake, fake_t))
+        loss.backward()
+        self.losses["D_i"] = loss.item()
+
+    def backward_Dp(self) -> None:
+        real_t, fake_t = self._d_targets()
+        pred_real = self.net_Dp(torch.cat([self.posemap, self.target], 1))
+        pred_fake = self.net_Dp(torch.cat([self.posemap, self.fake.detach()], 1))
+        loss = 0.5 * (self.criterion_gan_d(pred_real, real_t) + self.criterion_gan_d(pred_fake, fake_t))
+        loss.backward()
+        self.losses["D_p"] = loss.item()
+
+    def backward_G(self) -> None:
+        b = self.batch_pairs
+        (pred_di,) = self._di_logits([self.fake], grad=False)
+        pred_dp = self.net_Dp(torch.cat([self.posemap, self.fake], 1))
+        loss_gan_di = self.criterion_gan_g(pred_di, True)
+        loss_gan_dp = self.criterion_gan_g(pred_dp, True)
+        loss_r = F.l1_loss(self.fake, self.target)
+        loss_v = F.cross_entropy(self.id_score, self.label)
+        pos = self.label.bool()
+        if bool(pos.any()):
+            loss_sp = F.l1_loss(self.fake[:b][pos], self.fake[b:][pos])
+        else:
+            loss_sp = torch.zeros((), device=self.device)
+        loss = (loss_gan_di + loss_gan_dp + self.lambda_recon * loss_r + self.lambda_veri * loss_v
+                + self.lambda_sp * loss_sp)
+        loss.backward()
+        self.losses.update(G_v=loss_v.item(), G_r=loss_r.item(), G_sp=loss_sp.item(),
+                           G_gan_Di=loss_gan_di.item(), G_gan_Dp=loss_gan_dp.item())
+
+    def optimize_parameters(self) -> None:
+        """One iteration: forward, then update Di, Dp and G in that order."""
+        self.forward()
+        for name, backward in (("Di", self.backward_Di), ("Dp", self.backward_Dp), ("G", self.backward_G)):
+            opt = self.optimizers[name]
+            opt.zero_grad(set_to_none=True)
+            backward()
+            opt.step()
+
+    # ------------------------------------------------------------------ reporting
+    def get_current_errors(self) -> "OrderedDict[str, float]":
+        """The losses of the last step in the release's order."""
+        return OrderedDict((k, self.losses[k]) for k in LOSS_NAMES)
+
+    def get_current_visuals(self) -> "OrderedDict[str, np.ndarray]":
+        """First sample's input, pose map, generated and target images as uint8 HxWx3 arrays."""
+        return OrderedDict([
+            ("input", tensor2im(self.origin[0].detach())),
+            ("posemap", posemap2im(self.posemap[0].detach())),
+            ("fake", tensor2im(self.fake[0].detach())),
+            ("target", tensor2im(self.target[0].detach())),
+        ])
+
+    def update_learning_rate(self) -> None:
+        """Step every scheduler (once per epoch)."""
+        for s in self.schedulers:
+            s.step()
+
+    # ------------------------------------------------------------------ files
+    def save(self, save_dir: str, label: str | int) -> None:
+        """Write ``<label>_net_{E,G,Di,Dp}.pth`` (release format: 'module.'-prefixed state dicts)."""
+        for name in NET_NAMES:
+            state = {f"module.{k}": v for k, v in self.net(name).state_dict().items()}
+            with atomic_write(os.path.join(save_dir, f"{label}_net_{name}.pth")) as f:
+                torch.save(state, f)
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: networks, optimisers and schedulers."""
+        return {
+            "nets": {n: self.net(n).state_dict() for n in NET_NAMES},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": [s.state_dict() for s in self.schedulers],
+        }
+
+    def load_state_dict(self, state: dict, source: str = "resume file") -> None:
+        """Restore what :meth:`state_dict` returned."""
+        for n in NET_NAMES:
+            copy_state_dict(state["nets"][n], self.net(n), source=f"{source} (net_{n})")
+        for n, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][n])
+        for s, sd in zip(self.schedulers, state["schedulers"]):
+            s.load_state_dict(sd)
+
+
+def check_pretrain_files(stage: int, netE: str, netG: str, netDi: str, netDp: str, pretrained: bool = True) -> None:
+    """Fail early when a stage lacks the checkpoint files it starts from."""
+    if stage == 1 and not netE and pretrained:
+        raise ConfigError("--stage 1 needs --netE-pretrain (the Stage I model_best.pth.tar from baseline.py); "
+                          "--no-pretrained starts from a random encoder instead (tests only)")
+    if stage == 2:
+        missing = [f"--net{n}-pretrain" for n, p in zip(NET_NAMES, (netE, netG, netDi, netDp)) if not p]
+        if missing:
+            raise ConfigError(f"--stage 2 needs {', '.join(missing)} (the <epoch>_net_*.pth files of a "
+                              "--stage 1 run)")
+    for flag, path in zip(NET_NAMES, (netE, netG, netDi, netDp)):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"--net{flag}-pretrain {path}: file not found")

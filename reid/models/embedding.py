@@ -1,0 +1,67 @@
+"""Verification head on a pair of feature vectors (spec section 3)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from reid.errors import ConfigError
+
+_NONLINEARITIES = ("square", "abs")
+
+
+class EltwiseSubEmbed(nn.Module):
+    """Score a pair of features from their element-wise difference.
+
+    ``x = x1 - x2``, then ``x ** 2`` (``'square'``) or ``|x|`` (``'abs'``), then BatchNorm1d
+    ``bn`` if enabled, then Linear ``classifier`` if enabled, otherwise the sum over features.
+
+    Args:
+        nonlinearity: ``'square'`` or ``'abs'``.
+        use_batch_norm: apply BatchNorm1d (weight 1, bias 0 at start) to the difference.
+        use_classifier: map to ``num_classes`` logits with a Linear layer (weight N(0, 0.001),
+            bias 0); otherwise return the sum over features (one value per pair).
+        num_features: size of the input features, i.e. the backbone's ``num_features``
+            (2048 for ResNet-50, 512 for ResNet-18); needed by the BN and the classifier.
+            The release hard-coded 2048; here the caller passes it.
+        num_classes: number of logits: 2 for the verification head of E (index 1 = same
+            identity), 1 for the identity discriminator Di.
+    """
+
+    def __init__(
+        self,
+        nonlinearity: str = "square",
+        use_batch_norm: bool = False,
+        use_classifier: bool = False,
+        num_features: int = 0,
+        num_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        if nonlinearity not in _NONLINEARITIES:
+            raise ConfigError(f"unknown nonlinearity {nonlinearity!r} (choices: {', '.join(_NONLINEARITIES)})")
+        if (use_batch_norm or use_classifier) and num_features <= 0:
+            raise ConfigError(f"num_features must be > 0 with batch norm or classifier (got {num_features})")
+        if use_classifier and num_classes <= 0:
+            raise ConfigError(f"num_classes must be > 0 with a classifier (got {num_classes})")
+        self.nonlinearity = nonlinearity
+        self.use_batch_norm = use_batch_norm
+        self.use_classifier = use_classifier
+        self.num_features = num_features
+        self.num_classes = num_classes
+        if use_batch_norm:
+            self.bn = nn.BatchNorm1d(num_features)
+            nn.init.ones_(self.bn.weight)
+            nn.init.zeros_(self.bn.bias)
+        if use_classifier:
+            self.classifier = nn.Linear(num_features, num_classes)
+            nn.init.normal_(self.classifier.weight, std=0.001)
+            nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """Return N x num_classes logits (or N sums) for features ``x1``, ``x2`` (N x num_features)."""
+        x = x1 - x2
+        x = x.pow(2) if self.nonlinearity == "square" else x.abs()
+        if self.use_batch_norm:
+            x = self.bn(x)
+        if self.use_classifier:
+            return self.classifier(x)
+        return x.sum(dim=1)

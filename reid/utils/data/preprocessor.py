@@ -1,0 +1,224 @@
+"""Dataset items: plain re-ID items and FD-GAN's pose-guided items (spec section 2).
+
+Random draws made here (target choice, pose augmentation, the target/pose-map flip, the eraser)
+use Python's :mod:`random` module; the origin's horizontal flip uses torch's generator. PyTorch's
+DataLoader seeds both in every worker.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import random
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+from torchvision import transforms as T
+
+from reid.errors import ConfigError, DatasetError
+from reid.utils.data.images import read_image
+from reid.utils.data.pose import read_pose_file
+from reid.utils.data.transforms import RandomSizedEarser, RectScale, normalize
+from reid.utils.osutils import PathLike
+
+POSE_AUG_CHOICES = ("no", "gauss", "erase")
+# scipy.ndimage.gaussian_filter's default truncation: the kernel radius is int(4 * sigma + 0.5).
+_TRUNCATE = 4.0
+
+
+@functools.lru_cache(maxsize=32)
+def _peak_normalised_profiles(length: int, sigma: float) -> np.ndarray:
+    """1-D Gaussian-filtered unit impulses on ``length`` samples, each divided by its maximum.
+
+    Row ``p`` of the returned read-only float32 ``(length, length)`` array is the response to an
+    impulse at ``p`` of scipy's ``gaussian_filter1d(sigma)`` with mode 'reflect' (the edge sample
+    repeated: d c b a | a b c d | d c b a) and truncate 4.0, divided by its peak. Indices are
+    folded with period ``2 * length``, so lines shorter than the kernel reflect repeatedly, as
+    scipy does.
+    """
+    radius = int(_TRUNCATE * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * offsets.astype(np.float64) ** 2 / (sigma * sigma))
+    weights /= weights.sum()
+    out_pos = np.arange(length)[:, None]
+    folded = np.mod(out_pos + offsets[None, :], 2 * length)
+    src = np.where(folded < length, folded, 2 * length - 1 - folded)
+    # response[i, p] = sum of the kernel weights w[t] with reflect(i + t) == p.
+    response = np.zeros((length, length), dtype=np.float64)
+    np.add.at(response, (np.broadcast_to(out_pos, src.shape), src), np.broadcast_to(weights, src.shape))
+    profiles = (response / response.max(axis=0, keepdims=True)).T.astype(np.float32)
+    profiles.setflags(write=False)
+    return profiles
+
+
+def generate_pose_map(landmarks: Union[np.ndarray, Sequence[Sequence[float]]], height: int, width: int,
+                      sigma: float = 5) -> np.ndarray:
+    """Gaussian heat maps of keypoints, equal to the release's maps (up to float32 rounding).
+
+    The release built each map as a zero array with a single 1 at (row, col), filtered it with
+    ``scipy.ndimage.gaussian_filter(sigma)`` (mode 'reflect', truncate 4.0) and divided it by its
+    maximum. That filter is separable, so the map is the outer product of two 1-D filtered
+    impulses, each divided by its own peak; those 1-D profiles are cached per (length, sigma) and
+    all maps are built with one broadcast multiply.
+
+    Args:
+        landmarks: ``(K, 2)`` (row, col) pixel coordinates (K = 18 for COCO-18); non-integer values
+            are truncated toward zero. A keypoint with a negative coordinate is missing, and one
+            outside ``[0, height) x [0, width)`` is dropped: both give an all-zero map.
+        height: map height in pixels.
+        width: map width in pixels.
+        sigma: Gaussian standard deviation in pixels.
+
+    Returns:
+        float32 array of shape ``(K, height, width)``; each present keypoint's map peaks at 1.
+    """
+    points = np.asarray(landmarks, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"landmarks must have shape (K, 2), got {points.shape}")
+    if height <= 0 or width <= 0 or not sigma > 0:
+        raise ValueError(f"need positive height, width and sigma, got {height}, {width}, {sigma}")
+    rows, cols = points[:, 0], points[:, 1]
+    # NaN fails every comparison, so it counts as missing too.
+    present = (rows >= 0) & (cols >= 0) & (rows < height) & (cols < width)
+    row_idx = np.where(present, rows, 0).astype(np.int64)
+    col_idx = np.where(present, cols, 0).astype(np.int64)
+    row_profiles = _peak_normalised_profiles(height, float(sigma))[row_idx]
+    row_profiles *= present[:, None]
+    col_profiles = _peak_normalised_profiles(width, float(sigma))[col_idx]
+    maps = np.empty((len(points), height, width), dtype=np.float32)
+    np.multiply(row_profiles[:, :, None], col_profiles[:, None, :], out=maps)
+    return maps
+
+
+class Preprocessor(TorchDataset):
+    """Turn ``(fname, pid, cam)`` samples into training or evaluation items.
+
+    Plain items (``with_pose=False``): ``(image, fname, pid, cam)`` with ``transform`` applied to
+    the image. Pose-guided items (``with_pose=True``, train.py): a dict with
+
+    - ``'origin'``: the image through RectScale, RandomSizedEarser, random horizontal flip,
+      ToTensor and ImageNet normalisation;
+    - ``'target'``: a random OTHER image of the same label (the same one only when the label has
+      a single image) through RectScale, ToTensor and normalisation;
+    - ``'posemap'``: ``(18, height, width)`` float32 maps of the target's pose
+      (:func:`generate_pose_map`), its pose file's coordinates scaled to ``height`` x ``width``
+      and truncated to int;
+    - ``'pid'``: the label (int).
+
+    With probability 0.5 the target and the pose maps are mirrored left-right together (keypoint
+    channels are not swapped, as in the release). Indexing with a tuple or list of indices gives
+    the list of their items, so the pairs of :class:`RandomPairSampler` collate to
+    ``[first members, second members]``.
+
+    Args:
+        dataset: the samples, ``(fname, pid_or_label, cam)`` each.
+        root: folder the file names are relative to (None: names are used as given).
+        transform: transform of plain items' images (unused with ``with_pose``).
+        with_pose: make pose-guided items.
+        pose_root: folder of the pose files ``<stem>.txt`` (required with ``with_pose``).
+        pid_imgs: label -> list of file names of that label (built from ``dataset`` when None).
+        height: output height of pose-guided images and maps.
+        width: output width of pose-guided images and maps.
+        pose_aug: ``--pose-aug``: ``'no'``; ``'gauss'`` draws sigma per item uniformly from
+            {sigma - 1, sigma, sigma + 1}; ``'erase'`` zeroes the map of one keypoint index
+            drawn uniformly from 0..17.
+        sigma: Gaussian standard deviation of the pose maps in pixels.
+
+    Raises:
+        ConfigError: ``pose_aug`` is not one of no, gauss, erase.
+    """
+
+    def __init__(self, dataset: Sequence[Tuple[str, int, int]], root: Optional[PathLike] = None,
+                 transform: Optional[Any] = None, with_pose: bool = False,
+                 pose_root: Optional[PathLike] = None,
+                 pid_imgs: Optional[Mapping[int, Sequence[str]]] = None, height: int = 256,
+                 width: int = 128, pose_aug: str = "no", sigma: float = 5) -> None:
+        if pose_aug not in POSE_AUG_CHOICES:
+            raise ConfigError(f"--pose-aug: invalid choice {pose_aug!r} (choose from {', '.join(POSE_AUG_CHOICES)})")
+        if with_pose and pose_root is None:
+            raise ValueError("Preprocessor(with_pose=True) needs pose_root")
+        self.dataset = dataset
+        self.root = root
+        self.transform = transform
+        self.with_pose = with_pose
+        self.pose_root = pose_root
+        self.height = height
+        self.width = width
+        self.pose_aug = pose_aug
+        self.sigma = sigma
+        if with_pose and pid_imgs is None:
+            built: Dict[int, List[str]] = {}
+            for fname, pid, _ in dataset:
+                built.setdefault(pid, []).append(fname)
+            pid_imgs = built
+        self.pid_imgs = pid_imgs
+        self.origin_transform = T.Compose([
+            RectScale(height, width), RandomSizedEarser(), T.RandomHorizontalFlip(), T.ToTensor(), normalize(),
+        ])
+        self.target_transform = T.Compose([RectScale(height, width), T.ToTensor(), normalize()])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: Union[int, Sequence[int]]) -> Any:
+        """The item of ``index``, or a list of items when ``index`` is a tuple or list."""
+        if isinstance(index, (tuple, list)):
+            return [self._get_single(int(i)) for i in index]
+        return self._get_single(int(index))
+
+    def _get_single(self, index: int) -> Any:
+        if self.with_pose:
+            return self._get_pose_item(index)
+        fname, pid, cam = self.dataset[index]
+        img = read_image(self._image_path(fname))
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, fname, pid, cam
+
+    def _image_path(self, fname: str) -> str:
+        return fname if self.root is None else os.path.join(self.root, fname)
+
+    def _pose_path(self, fname: str) -> str:
+        stem = os.path.splitext(os.path.basename(fname))[0]
+        return os.path.join(self.pose_root, stem + ".txt")
+
+    def _pick_target(self, fname: str, pid: int) -> str:
+        """A random other file of label ``pid`` (``fname`` itself when it is the only one)."""
+        try:
+            files = self.pid_imgs[pid]
+        except KeyError:
+            raise DatasetError(f"{fname}: label {pid} has no entry in the label -> images map") from None
+        others = [f for f in files if f != fname]
+        return random.choice(others) if others else fname
+
+    def _scaled_landmarks(self, landmarks: np.ndarray, img_h: int, img_w: int) -> np.ndarray:
+        """Scale (row, col) from an ``img_h`` x ``img_w`` image to the output size; truncate to int."""
+        scaled = np.full(landmarks.shape, -1, dtype=np.int64)
+        present = (landmarks[:, 0] >= 0) & (landmarks[:, 1] >= 0)
+        lm = landmarks.astype(np.float64)
+        scaled[present, 0] = (lm[present, 0] * (self.height / img_h)).astype(np.int64)
+        scaled[present, 1] = (lm[present, 1] * (self.width / img_w)).astype(np.int64)
+        return scaled
+
+    def _get_pose_item(self, index: int) -> Dict[str, Any]:
+        fname, pid, _ = self.dataset[index]
+        origin = self.origin_transform(read_image(self._image_path(fname)))
+
+        target_fname = self._pick_target(fname, pid)
+        target_img = read_image(self._image_path(target_fname))
+        img_w, img_h = target_img.size
+        landmarks = self._scaled_landmarks(read_pose_file(self._pose_path(target_fname)), img_h, img_w)
+        target = self.target_transform(target_img)
+
+        sigma = self.sigma
+        if self.pose_aug == "gauss":
+            sigma = random.choice((sigma - 1, sigma, sigma + 1))
+        elif self.pose_aug == "erase":
+            landmarks[random.randrange(len(landmarks))] = -1
+        posemap = torch.from_numpy(generate_pose_map(landmarks, self.height, self.width, sigma))
+
+        if random.random() < 0.5:
+            target = torch.flip(target, dims=[-1])
+            posemap = torch.flip(posemap, dims=[-1])
+        return {"origin": origin, "target": target, "posemap": posemap, "pid": int(pid)}
