@@ -108,13 +108,13 @@ class FDGANModel:
             init_weights(self.net_G)
             init_weights(self.net_Dp)
             if netE_pretrain:
-                self._load("E", netE_pretrain)
+                self.load_network("E", netE_pretrain)
             self.init_di_from_e()
             for p in self.net_E.parameters():
                 p.requires_grad_(False)
         else:
             for name, path in zip(NET_NAMES, (netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain)):
-                self._load(name, path)
+                self.load_network(name, path)
         for name in NET_NAMES:
             self.net(name).to(self.device)
 
@@ -143,7 +143,8 @@ class FDGANModel:
         """The network called ``name`` (E, G, Di or Dp)."""
         return getattr(self, f"net_{name}")
 
-    def _load(self, name: str, path: str) -> None:
+    def load_network(self, name: str, path: str) -> None:
+        """Load checkpoint file ``path`` (any release form) into network ``name``."""
         copy_state_dict(load_checkpoint(path), self.net(name), source=path)
         logger.info("net_%s: loaded %s", name, path)
 
@@ -216,8 +217,9 @@ class FDGANModel:
     def _di_logits(self, images: list[torch.Tensor], grad: bool) -> list[torch.Tensor]:
         """Di's logits for (origin, x) for each x in ``images``."""
         if self.share_di_features:
-            with torch.set_grad_enabled(grad and self.stage == 2):
-                # Origin features carry no gradient to G; Di's BN is frozen, so one pass serves all.
+            # Di's BN is frozen, so one backbone pass over the origin images serves every pair; in
+            # G's step it needs no gradient (only Di's parameters, which G's step does not update).
+            with torch.set_grad_enabled(grad):
                 f_origin = self.net_Di.base_model(self.origin)
             f_others = self.net_Di.base_model(torch.cat(images)) if len(images) > 1 else \
                 self.net_Di.base_model(images[0])

@@ -1,0 +1,201 @@
+"""Stages II and III of the paper (``train.py --stage 1|2``): the training loop of spec section 5."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from fdgan.model import FDGANModel, check_pretrain_files
+from fdgan.utils.visualizer import Visualizer
+from reid.errors import CheckpointError, FDGANError
+from reid.evaluation_metrics import format_results
+from reid.pipelines.common import evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results
+from reid.utils.data.loaders import build_pose_pair_loader
+from reid.utils.runtime import get_rng_state, resolve_device, seed_everything, set_rng_state
+from reid.utils.serialization import load_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+RESUME_FILE = "latest.pth"
+
+
+class NonFiniteLossError(FDGANError):
+    """A loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a Stage II/III run; names and defaults are train.py's flags (spec section 9)."""
+
+    stage: int = 1
+    dataset: str = "market1501"
+    dataroot: str = "./datasets/"
+    checkpoints: str = "./checkpoints/"
+    name: str = "FD-GAN"
+    netE_pretrain: str = ""
+    netG_pretrain: str = ""
+    netDp_pretrain: str = ""
+    netDi_pretrain: str = ""
+    arch: str = "resnet50"
+    norm: str = "batch"
+    drop: float = 0.2
+    connect_layers: int = 0
+    fuse_mode: str = "cat"
+    pose_feature_size: int = 128
+    noise_feature_size: int = 256
+    pose_aug: str = "no"
+    batch_size: int = 16
+    workers: int = 4
+    width: int = 128
+    height: int = 256
+    niter: int = 50
+    niter_decay: int = 50
+    lr: float = 0.001
+    save_step: int = 5
+    eval_step: int = 10
+    display_port: int = 6006
+    display_id: int = 1
+    display_winsize: int = 256
+    display_freq: int = 10
+    display_single_pane_ncols: int = 0
+    update_html_freq: int = 100
+    no_html: bool = False
+    print_freq: int = 10
+    lambda_recon: float = 1.0
+    lambda_veri: float = 1.0
+    lambda_sp: float = 1.0
+    smooth_label: bool = False
+    # Beyond the release.
+    split: int = 0
+    num_val: Optional[float] = None
+    device: str = "auto"
+    no_pretrained: bool = False
+    seed: int = 1
+    apply_lr_mult: bool = False
+    max_iters_per_epoch: Optional[int] = None
+    resume: bool = False
+    protocol: str = "openreid"
+    rerank_topk: int = 100
+    deterministic: bool = False
+    no_progress: bool = False
+    dry_run: bool = False
+
+    @property
+    def save_dir(self) -> str:
+        return os.path.join(self.checkpoints, self.name)
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Run Stage II (``stage=1``) or Stage III (``stage=2``); returns the final test metrics (stage 2)."""
+    check_pretrain_files(cfg.stage, cfg.netE_pretrain, cfg.netG_pretrain, cfg.netDi_pretrain, cfg.netDp_pretrain,
+                         pretrained=not cfg.no_pretrained)
+    protocols = expand_protocols(cfg.protocol)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    dataset = load_dataset(cfg.dataset, cfg.dataroot, cfg.split, cfg.num_val, require_poses=True)
+    loader = build_pose_pair_loader(
+        dataset.trainval, dataset.trainval_pid2files, dataset.images_dir, dataset.poses_dir, cfg.height, cfg.width,
+        cfg.batch_size, cfg.workers, pose_aug=cfg.pose_aug, pin_memory=device.type == "cuda",
+    )
+    model = FDGANModel.from_options(cfg, device=device)
+    if cfg.dry_run:
+        logger.info("Dry run: data and networks built; stopping before training")
+        return {}
+    visualizer = Visualizer(
+        name=cfg.name, checkpoints_dir=cfg.checkpoints, display_id=cfg.display_id, display_port=cfg.display_port,
+        display_winsize=cfg.display_winsize, display_single_pane_ncols=cfg.display_single_pane_ncols,
+        use_html=not cfg.no_html,
+    )
+    eval_args = dict(height=cfg.height, width=cfg.width, batch_size=cfg.batch_size, workers=cfg.workers,
+                     device=device)
+    resume_path = os.path.join(cfg.save_dir, RESUME_FILE)
+    start_epoch, total_steps, best_map = 1, 0, -1.0
+    if cfg.resume and os.path.isfile(resume_path):
+        state = load_checkpoint(resume_path)
+        model.load_state_dict(state["model"], source=resume_path)
+        set_rng_state(state["rng"])
+        start_epoch, total_steps, best_map = state["epoch"] + 1, state["total_steps"], state["best_map"]
+        logger.info("Resumed %s: continuing at epoch %d", resume_path, start_epoch)
+    elif cfg.resume:
+        logger.warning("--resume: no %s yet; starting from the beginning", resume_path)
+    elif cfg.stage == 2:
+        base = evaluate_on_val(model.net_E, dataset, rerank_topk=75, dataset_name=cfg.dataset, **eval_args)
+        visualizer.log_reid("Loaded encoder before Stage III:\n" + format_results(base["second_stage"], "validation"))
+
+    last_epoch = cfg.niter + cfg.niter_decay
+    for epoch in range(start_epoch, last_epoch + 1):
+        model.train_mode()
+        epoch_start, n_iters = time.time(), len(loader)
+        if cfg.max_iters_per_epoch is not None:
+            n_iters = min(n_iters, cfg.max_iters_per_epoch)
+        bar = tqdm(total=n_iters, desc=f"Epoch {epoch}/{last_epoch}", leave=False, dynamic_ncols=True,
+                   disable=cfg.no_progress)
+        for i, data in enumerate(loader):
+            if i >= n_iters:
+                break
+            iter_start = time.time()
+            total_steps += cfg.batch_size
+            model.set_input(data)
+            model.optimize_parameters()
+            errors = model.get_current_errors()
+            bad = [k for k, v in errors.items() if not math.isfinite(v)]
+            if bad:
+                raise NonFiniteLossError(
+                    f"epoch {epoch} iteration {i}: loss {', '.join(bad)} is not finite; stopped, the last good "
+                    f"checkpoint in {cfg.save_dir} is kept (lower --lr?)")
+            if total_steps % cfg.display_freq == 0:
+                save_result = total_steps % cfg.update_html_freq == 0
+                visualizer.display_current_results(model.get_current_visuals(), epoch, save_result)
+            if total_steps % cfg.print_freq == 0:
+                t = (time.time() - iter_start) / cfg.batch_size
+                visualizer.print_current_errors(epoch, (i + 1) * cfg.batch_size, errors, t)
+                visualizer.plot_current_errors(epoch, (i + 1) / n_iters, errors)
+            bar.update(1)
+            bar.set_postfix(G_r=f"{errors['G_r']:.3f}", D_i=f"{errors['D_i']:.3f}", D_p=f"{errors['D_p']:.3f}")
+        bar.close()
+        logger.info("End of epoch %d / %d (%.0f s)", epoch, last_epoch, time.time() - epoch_start)
+
+        if epoch % cfg.save_step == 0:
+            model.save(cfg.save_dir, epoch)
+        if cfg.stage == 2 and epoch % cfg.eval_step == 0:
+            val = evaluate_on_val(model.net_E, dataset, rerank_topk=75, dataset_name=cfg.dataset, **eval_args)
+            val_map = val["second_stage"]["mAP"]
+            visualizer.log_reid(f"Epoch {epoch}:\n" + format_results(val["first_stage"], "validation, first stage")
+                                + "\n" + format_results(val["second_stage"], "validation, second stage"))
+            if val_map > best_map:
+                best_map = val_map
+                model.save(cfg.save_dir, "best")
+                logger.info("Epoch %d: new best validation mAP %.1f%%", epoch, 100 * val_map)
+        model.update_learning_rate()
+        save_checkpoint({"model": model.state_dict(), "epoch": epoch, "total_steps": total_steps,
+                         "best_map": best_map, "rng": get_rng_state(), "config": _plain(cfg)}, resume_path)
+
+    if cfg.stage != 2:
+        return {}
+    best_e = os.path.join(cfg.save_dir, "best_net_E.pth")
+    if not os.path.isfile(best_e):
+        raise CheckpointError(f"{best_e}: no best encoder was saved (no evaluation epoch ran; check --eval-step)")
+    model.load_network("E", best_e)
+    results = evaluate_on_test(model.net_E, dataset_name=cfg.dataset, data_dir=cfg.dataroot, split_id=cfg.split,
+                               protocols=protocols, rerank_topk=cfg.rerank_topk, num_val=cfg.num_val,
+                               title="[test, best E] ", **eval_args)
+    for protocol, res in results.items():
+        visualizer.log_reid(f"Test of the best encoder ({protocol} protocol):\n"
+                            + format_results(res["first_stage"], "first stage") + "\n"
+                            + format_results(res["second_stage"], "second stage"))
+    out = os.path.join(cfg.save_dir, "results.json")
+    write_results(out, results, checkpoint=os.path.abspath(best_e), dataset=cfg.dataset, split=cfg.split,
+                  rerank_topk=cfg.rerank_topk, best_val_mAP=best_map)
+    logger.info("Metrics written to %s", out)
+    return results
+
+
+def _plain(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
