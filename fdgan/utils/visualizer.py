@@ -17,6 +17,7 @@ import math
 import os
 import re
 import time
+import warnings
 from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
@@ -79,15 +80,18 @@ def _make_visdom_client(server: str, port: int, env: str, timeout: float) -> Any
             return response.text
 
     # Without the incoming socket the client starts no background thread (it only sends); visdom
-    # logs a warning about that choice, which says nothing useful here.
+    # logs a warning about that choice (through a deprecated call), which says nothing useful here.
     visdom_logger = logging.getLogger("visdom")
     level = visdom_logger.level
     visdom_logger.setLevel(logging.ERROR)
     try:
-        # raise_exceptions=True: otherwise the stock client prints tracebacks to stdout.
-        return _TimedVisdom(
-            server=server, port=port, env=env, raise_exceptions=True, use_incoming_socket=False
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            # raise_exceptions=True: otherwise the stock client prints tracebacks to stdout.
+            return _TimedVisdom(
+                server=server, port=port, env=env, raise_exceptions=True,
+                use_incoming_socket=False,
+            )
     finally:
         visdom_logger.setLevel(level)
 
