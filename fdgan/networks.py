@@ -114,7 +114,9 @@ class CustomPoseGenerator(nn.Module):
         if isinstance(connect_layers, bool) or not isinstance(connect_layers, int) or not 0 <= connect_layers <= 5:
             raise ConfigError(f"connect_layers must be an integer in 0..5 (got {connect_layers!r})")
         if height <= 0 or width <= 0 or height % 32 or width % 32:
-            raise ConfigError(f"image size {height}x{width} is not supported: height and width must be positive multiples of 32")
+            raise ConfigError(
+                f"image size {height}x{width} is not supported: height and width must be positive multiples of 32"
+            )
         for name, value in (("pose_feature_nc", pose_feature_nc), ("reid_feature_nc", reid_feature_nc),
                             ("noise_nc", noise_nc), ("pose_nc", pose_nc), ("output_nc", output_nc)):
             if value <= 0:
@@ -251,8 +253,9 @@ class NLayerDiscriminator(nn.Module):
         n_layers: number of strided blocks; with the default 3 a 256 x 128 input gives
             1 x 30 x 14 logits (no sigmoid).
         norm_layer: normalisation factory as in :func:`get_norm_layer`; None or
-            ``get_norm_layer('none')`` gives ``nn.Identity`` placeholders so the ``model.<i>`` keys stay put. Convolution
-            biases (except the first and last, which always have one) only with instance norm.
+            ``get_norm_layer('none')`` gives ``nn.Identity`` placeholders so the ``model.<i>``
+            keys stay put. Convolution biases (except the first and last, which always have
+            one) only with instance norm.
     """
 
     def __init__(

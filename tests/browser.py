@@ -85,7 +85,7 @@ def screenshot(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            raise BrowserError(f"chromium did not finish within {timeout:.0f} s on {page}") from None
+            raise BrowserError(f"chromium did not finish within {timeout:.0f} s: {page}") from None
     finally:
         shutil.rmtree(profile, ignore_errors=True)
     if proc.returncode != 0 or not out.is_file():

@@ -7,10 +7,12 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from argparse import Namespace
 from collections import OrderedDict
 from html.parser import HTMLParser
@@ -90,10 +92,13 @@ def stop(proc: subprocess.Popen) -> None:
 def visdom_reader(port: int, env: str):
     import visdom
 
-    return visdom.Visdom(
-        server="http://127.0.0.1", port=port, env=env,
-        raise_exceptions=True, use_incoming_socket=False,
-    )
+    with warnings.catch_warnings():
+        # visdom warns through the deprecated Logger.warn about running without a socket.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return visdom.Visdom(
+            server="http://127.0.0.1", port=port, env=env,
+            raise_exceptions=True, use_incoming_socket=False,
+        )
 
 
 def decode_data_url(src: str) -> np.ndarray:
@@ -169,7 +174,7 @@ def test_tensor2im_undoes_imagenet_normalisation_of_the_first_image() -> None:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     batch = torch.stack(
-        [(torch.from_numpy(im).permute(2, 0, 1).float() / 255 - mean) / std for im in (first, second)]
+        [(torch.from_numpy(im).permute(2, 0, 1) / 255.0 - mean) / std for im in (first, second)]
     )
     out = tensor2im(batch)
     assert out.dtype == np.uint8 and out.shape == (8, 5, 3)
@@ -209,6 +214,9 @@ def test_save_image_writes_a_png_atomically(tmp_path: Path) -> None:
         assert im.format == "PNG"
         np.testing.assert_array_equal(np.asarray(im), image)
     assert os.listdir(path.parent) == ["im.png"]  # no temporary file left behind
+    assert not is_blank(path)
+    save_image(solid((10, 20, 30)), tmp_path / "solid.png")
+    assert is_blank(tmp_path / "solid.png")
     with pytest.raises(ValueError):
         save_image(image.astype(np.float32), tmp_path / "bad.png")
 
@@ -229,6 +237,7 @@ def test_html_page_escapes_text_and_quotes_file_names(tmp_path: Path) -> None:
     assert parsed.captions == [name]
     assert len(parsed.srcs) == 1 and parsed.hrefs == parsed.srcs
     # The attribute value is a pure relative URL: decoding it once names the file.
+    assert re.fullmatch(r"[A-Za-z0-9_.~/%-]+", parsed.srcs[0]), parsed.srcs[0]
     assert unquote(parsed.srcs[0]) == "images/" + name
     assert (index.parent / unquote(parsed.srcs[0])).is_file()
     with pytest.raises(ValueError):

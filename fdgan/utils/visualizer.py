@@ -2,7 +2,8 @@
 
 Files written under ``<checkpoints_dir>/<name>/``:
 
-- ``loss_log.txt``: a dated header line per run, then one line per :meth:`Visualizer.print_current_errors`.
+- ``loss_log.txt``: a dated header line per run, then one line per
+  :meth:`Visualizer.print_current_errors`.
 - ``reid_log.txt``: the evaluation texts given to :meth:`Visualizer.log_reid`.
 - ``web/images/epoch%03d_<label>.png`` and ``web/index.html``: the visuals, newest epoch first.
 
@@ -64,7 +65,10 @@ def image_filename(epoch: int, label: str) -> str:
 
 
 def _make_visdom_client(server: str, port: int, env: str, timeout: float) -> Any:
-    """Connect to a visdom server; raises ``OSError`` when none answers, ``ImportError`` without visdom."""
+    """Connect to a visdom server.
+
+    Raises ``OSError`` when no server answers and ``ImportError`` when visdom is not installed.
+    """
     import requests
     import visdom
 
@@ -189,7 +193,9 @@ class Visualizer:
     def _connect(self, timeout: float) -> None:
         where = f"{self.display_server}:{self.display_port}"
         try:
-            self._vis = _make_visdom_client(self.display_server, self.display_port, self.env, timeout)
+            self._vis = _make_visdom_client(
+                self.display_server, self.display_port, self.env, timeout
+            )
         except ImportError as e:
             self._disable(f"visdom is not installed ({e})")
         except OSError as e:

@@ -13,6 +13,7 @@ evaluation protocols (spec section 7):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -330,7 +331,8 @@ class Dataset:
 
         trainval_pids = sorted(split["trainval"])
         num = len(trainval_pids)
-        if not isinstance(num_val, (int, float)) or isinstance(num_val, bool) or not num_val >= 0:
+        if (not isinstance(num_val, (int, float)) or isinstance(num_val, bool) or not num_val >= 0
+                or not math.isfinite(num_val)):
             raise ConfigError(f"num_val {num_val!r}: expected a non-negative count or fraction")
         if isinstance(num_val, float):
             num_val = int(round(num * num_val))
@@ -425,11 +427,10 @@ def _pluck(
     pid2files: Dict[int, List[str]] = {}
     for index, pid in enumerate(pids):
         key = index if relabel else pid
-        files = pid2files.setdefault(key, [])
         for cam, names in enumerate(identities[pid]):
             for fname in names:
                 items.append((fname, key, cam))
-                files.append(fname)
+                pid2files.setdefault(key, []).append(fname)
     return items, pid2files
 
 
