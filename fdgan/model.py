@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fdgan.losses import GANLoss
+from fdgan.losses import FLIP_PROBABILITY, GANLoss
 from fdgan.networks import (
     CustomPoseGenerator, NLayerDiscriminator, get_norm_layer, get_scheduler, init_weights, set_bn_fix,
 )
@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 NET_NAMES = ("E", "G", "Di", "Dp")
 LOSS_NAMES = ("G_v", "G_r", "G_sp", "G_gan_Di", "G_gan_Dp", "D_i", "D_p")
-# With --smooth-label the discriminators' real/fake targets are swapped with this probability per update.
-FLIP_PROBABILITY = 1.0 / 10001
+
+
 
 
 class FDGANModel:

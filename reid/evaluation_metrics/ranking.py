@@ -44,7 +44,8 @@ CMC_CONFIGS: Dict[str, Dict[str, bool]] = {
 #: Number of random draws of the single-gallery-shot CMC, each weighted 1 / draws.
 SINGLE_GALLERY_SHOT_DRAWS = 10
 
-# Bound on the elements of one chunk's largest temporaries (about 256 MB in total).
+# Elements of one chunk's largest temporary: a float copy of the rows (8 bytes each), or the
+# several (rows, draws, gallery) arrays of the single-gallery-shot CMC; ~256 MB in total.
 _MAIN_CHUNK_ELEMENTS = 1 << 25
 _SGS_CHUNK_ELEMENTS = 1 << 23
 
@@ -250,7 +251,7 @@ def _match_ranks(
     if len(tied):
         before = below.copy()
         cols = np.arange(n)
-        step = max(1, _MAIN_CHUNK_ELEMENTS // max(1, n))
+        step = max(1, _SGS_CHUNK_ELEMENTS // max(1, n))
         for t0 in range(0, len(tied), step):
             t = tied[t0:t0 + step]
             rows = dist[query[t]].astype(fdtype, copy=False)

@@ -129,7 +129,7 @@ class RandomSizedEarser:
                 colour = (random.randint(0, 255), random.randint(0, 255), random.randint(0, 255))
                 out = img.convert("RGB") if img.mode != "RGB" else img.copy()
                 if right > left and bottom > top:
-                    out.paste(colour, (right - left, bottom - top, 2 * (right - left), 2 * (bottom - top)))
+                    out.paste(colour, (left, top, right, bottom))
                 return out
         return img
 
