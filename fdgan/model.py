@@ -28,8 +28,6 @@ NET_NAMES = ("E", "G", "Di", "Dp")
 LOSS_NAMES = ("G_v", "G_r", "G_sp", "G_gan_Di", "G_gan_Dp", "D_i", "D_p")
 
 
-
-
 class FDGANModel:
     """Pose-guided feature distilling GAN: encoder E, generator G, identity and pose discriminators.
 

@@ -146,7 +146,7 @@ class _TarSource(_Source):
         super().__init__(path)
         try:
             self.tf = tarfile.open(path, "r:*")
-            self.members = {m.name.lstrip("./") if m.name.startswith("./") else m.name: m
+            self.members = {(m.name[2:] if m.name.startswith("./") else m.name): m
                             for m in self.tf.getmembers() if m.isfile()}
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise DatasetError(f"{path}: not a readable tar archive ({e})") from None
@@ -187,13 +187,16 @@ def _open_source(src: str) -> _Source:
         raise DatasetError(f"{src}: not found (give the downloaded archive or its extracted folder)")
     if zipfile.is_zipfile(src):
         return _ZipSource(src)
-    try:
-        is_tar = tarfile.is_tarfile(src)
-    except OSError:
-        is_tar = False
-    if is_tar:
+    if _is_tar(src):
         return _TarSource(src)
     raise DatasetError(f"{src}: neither a folder, a zip archive nor a tar archive")
+
+
+def _is_tar(path: str) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError:
+        return False
 
 
 def file_md5(path: PathLike) -> str:
@@ -206,8 +209,10 @@ def file_md5(path: PathLike) -> str:
 
 
 def _check_md5(src: str, dataset: str) -> None:
-    if not os.path.isfile(src) or dataset not in OFFICIAL_MD5:
+    if dataset not in OFFICIAL_MD5 or not os.path.isfile(src):
         return
+    if not zipfile.is_zipfile(src) and not _is_tar(src):
+        return  # e.g. cuhk-03.mat given directly: the md5 is the archive's
     digest = file_md5(src)
     if digest != OFFICIAL_MD5[dataset]:
         logger.warning("%s: md5 %s differs from the official %s archive's %s; converting anyway",
@@ -550,10 +555,14 @@ def _to_jpeg(data: bytes, what: str) -> bytes:
     return buf.getvalue()
 
 
-def _prepare_partial(dst: str, dataset: str, src: str) -> str:
-    """Create or resume ``<dst>.partial``; returns its path."""
+def _check_dst(dst: str) -> None:
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise DatasetError(f"{dst}: already exists and is not empty; remove it or choose another --dst")
+
+
+def _prepare_partial(dst: str, dataset: str, src: str) -> str:
+    """Create or resume ``<dst>.partial``; returns its path."""
+    _check_dst(dst)
     partial = os.path.normpath(dst) + ".partial"
     marker = {"dataset": dataset, "source": os.path.basename(os.path.normpath(os.path.abspath(src)))}
     marker_path = os.path.join(partial, _MARKER)
@@ -609,6 +618,7 @@ def _write_jobs(
 def _convert_named(dataset: str, src: PathLike, dst: PathLike, planner: Callable[..., ConversionPlan],
                    **kwargs: Any) -> str:
     src, dst = os.fspath(src), os.fspath(dst)
+    _check_dst(dst)
     source = _open_source(src)
     try:
         _check_md5(src, dataset)
@@ -681,6 +691,7 @@ def convert_cuhk03(src: PathLike, dst: PathLike) -> str:
     import h5py
 
     src, dst = os.fspath(src), os.fspath(dst)
+    _check_dst(dst)
     _check_md5(src, "cuhk03")
     if os.path.isfile(src) and not zipfile.is_zipfile(src) and src.lower().endswith(".mat"):
         mat_path, source = src, None
@@ -709,19 +720,13 @@ def convert_cuhk03(src: PathLike, dst: PathLike) -> str:
     with f:
         plan = plan_cuhk03(f, mat_path)
 
-        def read(datasets: Sequence[Any]) -> Iterator[Tuple[Any, bytes]]:
-            for ds in datasets:
-                yield ds, _encode_array(np.asarray(ds[()]), f"{mat_path}: {ds.name}")
+        def read(indices: Sequence[int]) -> Iterator[Tuple[int, bytes]]:
+            for i in indices:
+                new, ds = plan.jobs[i]
+                yield i, _encode_array(np.asarray(ds[()]), f"{mat_path}: {plan.meta['original_names'][new]}")
 
-        # h5py datasets are not hashable by content; key the jobs by their object name.
-        by_name = {ds.name: ds for _, ds in plan.jobs}
-        named_jobs = [(new, ds.name) for new, ds in plan.jobs]
-
-        def read_named(names: Sequence[str]) -> Iterator[Tuple[str, bytes]]:
-            for name, data in read([by_name[n] for n in names]):
-                yield name.name, data
-
-        _write_jobs(named_jobs, os.path.join(partial, "images"), read_named)
+        indexed_jobs = [(new, i) for i, (new, _) in enumerate(plan.jobs)]
+        _write_jobs(indexed_jobs, os.path.join(partial, "images"), read)
     extracted = os.path.join(partial, "cuhk-03.mat.extracted")
     if os.path.exists(extracted):
         os.unlink(extracted)
