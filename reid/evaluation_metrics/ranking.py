@@ -21,6 +21,7 @@ import logging
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 
 from reid.errors import ConfigError
 
@@ -36,9 +37,13 @@ __all__ = [
 ]
 
 CMC_CONFIGS: Dict[str, Dict[str, bool]] = {
-    "market1501": dict(separate_camera_set=False, single_gallery_shot=False, first_match_break=True),
+    "market1501": dict(
+        separate_camera_set=False, single_gallery_shot=False, first_match_break=True
+    ),
     "cuhk03": dict(separate_camera_set=True, single_gallery_shot=True, first_match_break=False),
-    "allshots": dict(separate_camera_set=False, single_gallery_shot=False, first_match_break=False),
+    "allshots": dict(
+        separate_camera_set=False, single_gallery_shot=False, first_match_break=False
+    ),
 }
 
 #: Number of random draws of the single-gallery-shot CMC, each weighted 1 / draws.
@@ -59,11 +64,7 @@ RngLike = Union[None, int, np.random.Generator]
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
     """Return ``x`` as a numpy array (torch tensors are detached and moved to the CPU)."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a project requirement
-        torch = None
-    if torch is not None and isinstance(x, torch.Tensor):
+    if isinstance(x, torch.Tensor):
         x = x.detach()
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()
@@ -123,7 +124,7 @@ def _make_rng(rng: RngLike) -> np.random.Generator:
         return rng
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
         return np.random.default_rng(int(rng))
-    raise ValueError(f"rng must be None, an int seed or a numpy Generator, got {type(rng).__name__}")
+    raise ValueError(f"rng must be None, an int seed or a numpy Generator: {type(rng).__name__}")
 
 
 def _check_positive(value: int, name: str) -> int:
@@ -156,7 +157,8 @@ class _MatchRanks:
         query: (T,) query index of each true match.
         order: (T,) 0-based position of the match among its query's true matches.
         rank: (T,) 1-based rank of the match among its query's remaining gallery items.
-        num_matches: (num_queries,) true matches per query (0 for invalid queries).
+        num_matches: (num_queries,) ranked matches per query (0 for invalid queries): all true
+            matches, or 1 per valid query when only first matches were ranked.
     """
 
     def __init__(self, query: np.ndarray, order: np.ndarray, rank: np.ndarray, num_queries: int):
@@ -192,8 +194,12 @@ def _match_ranks(
     gcams: np.ndarray,
     separate_camera_set: bool,
     chunk_size: Optional[int],
+    first_only: bool = False,
 ) -> _MatchRanks:
     """Exact 1-based rank of every true match among the remaining gallery items of its query.
+
+    With ``first_only`` just the first true match of each query is ranked (enough for a
+    first-match-break CMC, and cheaper).
 
     The rank of a match m of query q is 1 + the number of remaining items g with
     (d[q, g], g) < (d[q, m], m). Only items no farther than the query's last match can precede
@@ -220,6 +226,8 @@ def _match_ranks(
     matches_before -= matches_before[group_start[query]] if len(query) else 0
     junk_before = pos_in_group - matches_before
 
+    if first_only:
+        is_match &= matches_before == 0
     query, gal, d = query[is_match], gal[is_match], d[is_match]
     order, junk_before = matches_before[is_match], junk_before[is_match]
     starts = np.searchsorted(query, np.arange(m + 1), side="left")
@@ -356,7 +364,9 @@ def _cmc_single_gallery_shot(
         before_seg = np.where(seg_start > 0, cum[:, seg_start - 1], 0)
         count = cum[:, seg_end] - before_seg
         within = cum - 1 - before_seg[:, seg]
-        pick = np.minimum((u * count[:, None, :]).astype(np.int32), np.maximum(count - 1, 0)[:, None, :])
+        # min() guards against u * count rounding up to count.
+        last = np.maximum(count - 1, 0)[:, None, :]
+        pick = np.minimum((u * count[:, None, :]).astype(np.int32), last)
         chosen = keep[:, None, :] & (within[:, None, :] == pick[:, :, seg])
 
         # The kept true match of each draw: the pick of the query's own identity.
@@ -406,7 +416,9 @@ def mean_ap(
     Returns:
         mAP as a fraction in [0, 1]; 0.0 when no query has a true match.
     """
-    dist, qids, gids, qcams, gcams = _prepare(distmat, query_ids, gallery_ids, query_cams, gallery_cams)
+    dist, qids, gids, qcams, gcams = _prepare(
+        distmat, query_ids, gallery_ids, query_cams, gallery_cams
+    )
     return _ap_from_ranks(_match_ranks(dist, qids, gids, qcams, gcams, False, chunk_size))
 
 
@@ -452,12 +464,18 @@ def cmc(
         float64 array of length ``topk`` with values in [0, 1]; zeros when no query is valid.
     """
     topk = _check_positive(topk, "topk")
-    dist, qids, gids, qcams, gcams = _prepare(distmat, query_ids, gallery_ids, query_cams, gallery_cams)
+    dist, qids, gids, qcams, gcams = _prepare(
+        distmat, query_ids, gallery_ids, query_cams, gallery_cams
+    )
     if single_gallery_shot:
         return _cmc_single_gallery_shot(
-            dist, qids, gids, qcams, gcams, bool(separate_camera_set), topk, _make_rng(rng), chunk_size
+            dist, qids, gids, qcams, gcams, bool(separate_camera_set), topk, _make_rng(rng),
+            chunk_size,
         )
-    ranks = _match_ranks(dist, qids, gids, qcams, gcams, bool(separate_camera_set), chunk_size)
+    ranks = _match_ranks(
+        dist, qids, gids, qcams, gcams, bool(separate_camera_set), chunk_size,
+        bool(first_match_break),
+    )
     return _cmc_from_ranks(ranks, topk, bool(first_match_break))
 
 
@@ -497,17 +515,22 @@ def evaluate_rank(
     if too_deep:
         raise ConfigError(f"cmc_topk {too_deep} exceeds max_rank {max_rank}")
     config = CMC_CONFIGS[cmc_config]
-    dist, qids, gids, qcams, gcams = _prepare(distmat, query_ids, gallery_ids, query_cams, gallery_cams)
+    dist, qids, gids, qcams, gcams = _prepare(
+        distmat, query_ids, gallery_ids, query_cams, gallery_cams
+    )
 
     ranks = _match_ranks(dist, qids, gids, qcams, gcams, False, chunk_size)
     m_ap = _ap_from_ranks(ranks)
     if config["single_gallery_shot"]:
         curve = _cmc_single_gallery_shot(
-            dist, qids, gids, qcams, gcams, config["separate_camera_set"], max_rank, _make_rng(rng), chunk_size
+            dist, qids, gids, qcams, gcams, config["separate_camera_set"], max_rank,
+            _make_rng(rng), chunk_size,
         )
     else:
         if config["separate_camera_set"]:
-            ranks = _match_ranks(dist, qids, gids, qcams, gcams, True, chunk_size)
+            ranks = _match_ranks(
+                dist, qids, gids, qcams, gcams, True, chunk_size, config["first_match_break"]
+            )
         curve = _cmc_from_ranks(ranks, max_rank, config["first_match_break"])
 
     results: Dict[str, Any] = {"mAP": m_ap}
