@@ -6,7 +6,7 @@ STAMP := $(VENV)/.requirements-installed
 DATA ?= datasets
 DEMO_DIR ?= demo_output
 
-.PHONY: setup test demo bench synthetic clean
+.PHONY: setup test demo bench synthetic clean setup-pose poses
 
 setup: $(STAMP)
 
@@ -33,3 +33,22 @@ bench: setup
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
+
+# Pose estimator (scripts/generate_poses.py) in its own venv: mediapipe pins numpy<2 and
+# protobuf<5, which the torch venv must not inherit. requirements-pose.txt is a complete pinned
+# list, installed with --no-deps (see the comment at its top).
+POSE_VENV := .venv-pose
+POSE_STAMP := $(POSE_VENV)/.requirements-installed
+
+setup-pose: $(POSE_STAMP)
+
+$(POSE_STAMP): requirements-pose.txt
+	test -x $(POSE_VENV)/bin/python || $(PYTHON) -m venv $(POSE_VENV)
+	$(POSE_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-pose.txt
+	touch $(POSE_STAMP)
+
+# Example: make poses POSE_DATASET=datasets/market1501 POSE_JOBS=2
+POSE_DATASET ?= $(DATA)/market1501
+POSE_JOBS ?= 1
+poses: setup-pose
+	$(POSE_VENV)/bin/python scripts/generate_poses.py --dataset-dir $(POSE_DATASET) -j $(POSE_JOBS)

@@ -114,7 +114,7 @@ def run_training(cfg: TrainConfig) -> dict:
         use_html=not cfg.no_html,
     )
     eval_args = dict(height=cfg.height, width=cfg.width, batch_size=cfg.batch_size, workers=cfg.workers,
-                     device=device)
+                     device=device, progress=not cfg.no_progress)
     resume_path = os.path.join(cfg.save_dir, RESUME_FILE)
     start_epoch, total_steps, best_map = 1, 0, -1.0
     if cfg.resume and os.path.isfile(resume_path):

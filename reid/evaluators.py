@@ -19,7 +19,8 @@ Item = tuple  # (fname, pid, cam)
 
 
 def extract_features(
-    model: nn.Module, data_loader: DataLoader, device: torch.device | str = "cpu", desc: str = "Extract features"
+    model: nn.Module, data_loader: DataLoader, device: torch.device | str = "cpu", desc: str = "Extract features",
+    progress: bool = True,
 ) -> "OrderedDict[str, torch.Tensor]":
     """Run ``model`` in eval mode over ``data_loader`` of ``(img, fname, pid, cam)`` batches.
 
@@ -28,7 +29,7 @@ def extract_features(
     model.eval()
     features: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     with torch.inference_mode():
-        for imgs, fnames, _, _ in tqdm(data_loader, desc=desc, leave=False, dynamic_ncols=True):
+        for imgs, fnames, _, _ in tqdm(data_loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
             out = model(imgs.to(device, non_blocking=True)).float().cpu()
             for fname, feat in zip(fnames, out):
                 features[fname] = feat
@@ -152,6 +153,7 @@ class CascadeEvaluator:
         embed_model: the verification head scoring (query, gallery) feature pairs.
         embed_dist_fn: maps the head's logits to a distance (default: probability of 'different').
         device: where to run the networks.
+        progress: show a progress bar while extracting features.
     """
 
     def __init__(
@@ -160,7 +162,9 @@ class CascadeEvaluator:
         embed_model: nn.Module,
         embed_dist_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         device: torch.device | str = "cpu",
+        progress: bool = True,
     ) -> None:
+        self.progress = progress
         self.base_model = base_model
         self.embed_model = embed_model
         self.embed_dist_fn = embed_dist_fn
@@ -191,7 +195,7 @@ class CascadeEvaluator:
             ``{'first_stage': metrics, 'second_stage': metrics}`` (the latter only with
             ``second_stage``), each as returned by :func:`reid.evaluation_metrics.evaluate_rank`.
         """
-        features = extract_features(self.base_model, data_loader, self.device)
+        features = extract_features(self.base_model, data_loader, self.device, progress=self.progress)
         qf = _stack(features, query, "query")
         gf = _stack(features, gallery, "gallery")
         distmat = pairwise_distance(qf, gf)

@@ -45,6 +45,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 _NAME_PATTERN = re.compile(r"^(-?\d+)_c(\d+)")
 _MARKER = ".convert.json"
 _MARKET_FOLDERS = ("bounding_box_train", "bounding_box_test", "query")
+_EXTRACTED_MAT = "cuhk-03.mat.extracted"
 
 
 def new_image_name(pid: int, cam: int, index: int) -> str:
@@ -242,8 +243,8 @@ def find_inner_folder(files: Sequence[str], required: Sequence[str], src: str, w
                 found.setdefault("/".join(parts[:i]), set()).add(parts[i])
     roots = sorted((r for r, subs in found.items() if subs >= set(required)), key=lambda r: (r.count("/"), r))
     if not roots:
-        raise DatasetError(f"{src}: no folder with {', '.join(required)} subfolders found "
-                           f"(is this the {what} download?)")
+        names = ", ".join(required[:-1]) + " and " + required[-1]
+        raise DatasetError(f"{src}: no folder with {names} subfolders found (is this the {what} download?)")
     return roots[0]
 
 
@@ -510,7 +511,9 @@ def plan_cuhk03(f: Any, source: str = "cuhk-03.mat") -> ConversionPlan:
         test = set()
         for pair_f, row_f in rows.tolist():
             pair, row = int(pair_f), int(row_f)
-            if pair != pair_f or row != row_f or not 1 <= pair <= len(pair_offsets) or not 1 <= row <= pair_rows[pair - 1]:
+            exists = pair == pair_f and row == row_f and 1 <= pair <= len(pair_offsets) \
+                and 1 <= row <= pair_rows[pair - 1]
+            if not exists:
                 raise DatasetError(f"{source}: {what} names (pair {pair_f:g}, row {row_f:g}), which does not exist")
             test.add(pair_offsets[pair - 1] + row - 1)
         splits.append({"trainval": sorted(all_pids - test), "query": sorted(test), "gallery": sorted(test)})
@@ -597,21 +600,20 @@ def _finish(partial: str, dst: str, plan: ConversionPlan) -> None:
 def _write_jobs(
     jobs: Sequence[Tuple[str, Any]], images_dir: str, read: Callable[[Sequence[Any]], Iterator[Tuple[Any, bytes]]],
 ) -> int:
-    """Write every job whose output is missing; returns the number written."""
-    todo = [(new, key) for new, key in jobs if not os.path.exists(os.path.join(images_dir, new))]
+    """Write every job ``(new name, source key)`` whose output is missing; returns the number written.
+
+    ``read`` yields ``(source key, JPEG bytes)`` for the keys it is given.
+    """
+    todo = {key: new for new, key in jobs if not os.path.exists(os.path.join(images_dir, new))}
     if len(todo) < len(jobs):
         logger.info("%d of %d images already converted", len(jobs) - len(todo), len(jobs))
-    targets: Dict[Any, List[str]] = {}
-    for new, key in todo:
-        targets.setdefault(key, []).append(new)
     written = 0
-    for key, data in read([k for k in targets]):
-        for new in targets[key]:
-            with atomic_write(os.path.join(images_dir, new)) as f:
-                f.write(data)
-            written += 1
-            if written % 2000 == 0:
-                logger.info("  %d / %d images written", written, len(todo))
+    for key, data in read(list(todo)):
+        with atomic_write(os.path.join(images_dir, todo[key])) as f:
+            f.write(data)
+        written += 1
+        if written % 2000 == 0:
+            logger.info("  %d / %d images written", written, len(todo))
     return written
 
 
@@ -693,32 +695,35 @@ def convert_cuhk03(src: PathLike, dst: PathLike) -> str:
     src, dst = os.fspath(src), os.fspath(dst)
     _check_dst(dst)
     _check_md5(src, "cuhk03")
+    partial: Optional[str] = None
     if os.path.isfile(src) and not zipfile.is_zipfile(src) and src.lower().endswith(".mat"):
-        mat_path, source = src, None
-        partial = _prepare_partial(dst, "cuhk03", src)
+        mat_path = src
     else:
         source = _open_source(src)
-        members = [rel for rel in source.files()
-                   if rel.rsplit("/", 1)[-1] == "cuhk-03.mat" and not _is_junk_path(rel)]
-        if not members:
+        try:
+            members = [rel for rel in source.files()
+                       if rel.rsplit("/", 1)[-1] == "cuhk-03.mat" and not _is_junk_path(rel)]
+            if not members:
+                raise DatasetError(f"{src}: no cuhk-03.mat inside (is this cuhk03_release.zip?)")
+            member = min(members, key=lambda r: (r.count("/"), r))
+            if isinstance(source, _DirSource):
+                mat_path = os.path.join(src, member)
+            else:  # h5py needs a real file: extract it into the partial folder (kept for a resume)
+                partial = _prepare_partial(dst, "cuhk03", src)
+                mat_path = os.path.join(partial, _EXTRACTED_MAT)
+                if not (os.path.isfile(mat_path) and os.path.getsize(mat_path) == source.size(member)):
+                    logger.info("Extracting %s from %s", member, src)
+                    source.extract(member, mat_path)
+        finally:
             source.close()
-            raise DatasetError(f"{src}: no cuhk-03.mat inside (is this cuhk03_release.zip?)")
-        member = min(members, key=lambda r: (r.count("/"), r))
-        partial = _prepare_partial(dst, "cuhk03", src)
-        if isinstance(source, _DirSource):
-            mat_path = os.path.join(src, member)
-        else:
-            mat_path = os.path.join(partial, "cuhk-03.mat.extracted")
-            if not (os.path.isfile(mat_path) and os.path.getsize(mat_path) == source.size(member)):
-                logger.info("Extracting %s from %s", member, src)
-                source.extract(member, mat_path)
-        source.close()
     try:
         f = h5py.File(mat_path, "r")
     except OSError as e:
         raise DatasetError(f"{mat_path}: not a MATLAB v7.3 (HDF5) file ({e})") from None
     with f:
         plan = plan_cuhk03(f, mat_path)
+        if partial is None:
+            partial = _prepare_partial(dst, "cuhk03", src)
 
         def read(indices: Sequence[int]) -> Iterator[Tuple[int, bytes]]:
             for i in indices:
@@ -727,7 +732,7 @@ def convert_cuhk03(src: PathLike, dst: PathLike) -> str:
 
         indexed_jobs = [(new, i) for i, (new, _) in enumerate(plan.jobs)]
         _write_jobs(indexed_jobs, os.path.join(partial, "images"), read)
-    extracted = os.path.join(partial, "cuhk-03.mat.extracted")
+    extracted = os.path.join(partial, _EXTRACTED_MAT)
     if os.path.exists(extracted):
         os.unlink(extracted)
     _finish(partial, dst, plan)
@@ -742,12 +747,12 @@ CONVERTERS: Dict[str, Callable[..., str]] = {
 }
 
 
-def convert(name: str, src: PathLike, dst: PathLike, **kwargs: Any) -> str:
-    """Run the converter ``name`` (one of ``CONVERTERS``); extra keyword arguments go to it.
+def convert(dataset: str, src: PathLike, dst: PathLike, **kwargs: Any) -> str:
+    """Run the converter ``dataset`` (one of ``CONVERTERS``); extra keyword arguments go to it.
 
     Raises:
         ConfigError: an unknown converter name.
     """
-    if name not in CONVERTERS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(CONVERTERS))}")
-    return CONVERTERS[name](src, dst, **kwargs)
+    if dataset not in CONVERTERS:
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(CONVERTERS))}")
+    return CONVERTERS[dataset](src, dst, **kwargs)

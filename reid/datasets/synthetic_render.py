@@ -155,9 +155,13 @@ class Rendering:
     coverage: np.ndarray  # H x W float32: fraction of each pixel covered by the person
 
 
+def _rgb(values: Any) -> RGB:
+    r, g, b = (int(v) for v in np.clip(np.asarray(values), 0, 255))
+    return (r, g, b)
+
+
 def _jitter(rng: np.random.Generator, colour: RGB, amount: int) -> RGB:
-    c = np.asarray(colour) + rng.integers(-amount, amount + 1, size=3)
-    return tuple(int(v) for v in np.clip(c, 0, 255))  # type: ignore[return-value]
+    return _rgb(np.asarray(colour) + rng.integers(-amount, amount + 1, size=3))
 
 
 def _pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:
@@ -191,8 +195,7 @@ def random_appearance(rng: np.random.Generator) -> Appearance:
 
 
 def _tinted_grey(rng: np.random.Generator, low: int, high: int, tint: int) -> RGB:
-    level = int(rng.integers(low, high))
-    return tuple(int(v) for v in np.clip(level + rng.integers(-tint, tint + 1, size=3), 0, 255))  # type: ignore[return-value]
+    return _rgb(int(rng.integers(low, high)) + rng.integers(-tint, tint + 1, size=3))
 
 
 def random_camera(rng: np.random.Generator) -> CameraStyle:
@@ -211,7 +214,7 @@ def random_camera(rng: np.random.Generator) -> CameraStyle:
         wall_texture=_pick(rng, ("bricks", "panels", "noise", "plain")),
         floor_texture=_pick(rng, ("tiles", "plain", "noise")),
         texture_period=float(rng.uniform(5, 14)),
-        cast=tuple(float(v) for v in cast),  # type: ignore[arg-type]
+        cast=(float(cast[0]), float(cast[1]), float(cast[2])),
         brightness=float(rng.uniform(0.8, 1.1)),
         contrast=float(rng.uniform(0.85, 1.05)),
         blur=float(rng.uniform(0.0, 0.9)),
@@ -277,7 +280,8 @@ def _pose_joints(app: Appearance, view: View) -> Dict[str, np.ndarray]:
         bend = 0.15 + 0.6 * max(0.0, arm)
         j[f"{side}_shoulder"] = np.array([s * 0.105 * w, 0.81, 0.0])
         j[f"{side}_elbow"] = j[f"{side}_shoulder"] + [s * 0.015, -0.16 * math.cos(arm), 0.16 * math.sin(arm)]
-        j[f"{side}_wrist"] = j[f"{side}_elbow"] + [s * 0.01, -0.145 * math.cos(arm + bend), 0.145 * math.sin(arm + bend)]
+        fore = arm + bend
+        j[f"{side}_wrist"] = j[f"{side}_elbow"] + [s * 0.01, -0.145 * math.cos(fore), 0.145 * math.sin(fore)]
         leg = -view.leg_swing * sin_p * s
         knee = 0.05 + 0.45 * max(0.0, cos_p * s)
         j[f"{side}_hip"] = np.array([s * 0.06 * w, 0.52, 0.0])
@@ -333,7 +337,8 @@ def _convex_hull(points: Sequence[Tuple[float, float]]) -> List[Tuple[float, flo
     return lower[:-1] + upper[:-1]
 
 
-def _box(center: Sequence[float], half: Sequence[float], top_half: Optional[Sequence[float]] = None) -> List[np.ndarray]:
+def _box(center: Sequence[float], half: Sequence[float],
+         top_half: Optional[Sequence[float]] = None) -> List[np.ndarray]:
     """Corners of a box in person units (``top_half`` tapers the upper face)."""
     cx, cy, cz = center
     hx, hy, hz = half
@@ -355,6 +360,10 @@ class _Scene:
 
     def _add(self, depth: float, kind: str, data: Any, part: int) -> None:
         self.items.append((depth, len(self.items), kind, data, part))
+
+    def polygon(self, points: Sequence[Tuple[float, float]], part: int, depth: float) -> None:
+        """A polygon given in canvas pixels at a fixed depth."""
+        self._add(depth, "poly", list(points), part)
 
     def solid(self, corners: Sequence[np.ndarray], part: int, bias: float = 0.0) -> None:
         proj = [self.project(c) for c in corners]
@@ -522,9 +531,9 @@ def render_person(
         kind, pos, size, _ = view.occluder
         if kind == "pole":
             x0, x1 = (pos - size / 2) * cw, (pos + size / 2) * cw
-            scene._add(1e9, "poly", [(x0, -1), (x1, -1), (x1, ch + 1), (x0, ch + 1)], OCCLUDER)
+            scene.polygon([(x0, -1), (x1, -1), (x1, ch + 1), (x0, ch + 1)], OCCLUDER, depth=1e9)
         else:
-            scene._add(1e9, "poly", [(-1, pos * ch), (cw + 1, pos * ch), (cw + 1, ch + 1), (-1, ch + 1)], OCCLUDER)
+            scene.polygon([(-1, pos * ch), (cw + 1, pos * ch), (cw + 1, ch + 1), (-1, ch + 1)], OCCLUDER, depth=1e9)
     labels = scene.draw((cw, ch))
 
     bg = _background(camera, view, ch, cw, rng) if background is None else np.asarray(background, np.float32)
@@ -622,7 +631,8 @@ class SyntheticConfig:
         if self.num_ids < 2:
             raise ConfigError(f"--num-ids {self.num_ids}: need at least 2 identities (trainval and test)")
         if self.num_cams < 2:
-            raise ConfigError(f"--num-cams {self.num_cams}: need at least 2 cameras (queries are matched across cameras)")
+            raise ConfigError(f"--num-cams {self.num_cams}: need at least 2 cameras "
+                              "(queries are matched across cameras)")
         if self.images_per_cam < 1:
             raise ConfigError(f"--images-per-cam {self.images_per_cam}: need at least 1")
         if self.height < 32 or self.width < 16:
@@ -641,12 +651,15 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
 
 
-def plan_synthetic(cfg: SyntheticConfig) -> Tuple[Dict[str, Any], List[Dict[str, Any]], List[Tuple[str, int, int, int]]]:
+Job = Tuple[str, int, int, int]  # file name, pid, camera, index within (pid, camera)
+
+
+def plan_synthetic(cfg: SyntheticConfig) -> Tuple[Dict[str, Any], List[Dict[str, Any]], List[Job]]:
     """meta.json and splits.json content and the (file name, pid, cam, index) of every image."""
     num_total = cfg.num_ids + cfg.resolved_distractors()
     num_trainval = cfg.num_ids // 2
     identities: List[List[List[str]]] = []
-    jobs: List[Tuple[str, int, int, int]] = []
+    jobs: List[Job] = []
     for pid in range(num_total):
         rng = _rng(cfg.seed, 1, pid)
         k = int(rng.integers(2, cfg.num_cams + 1))

@@ -73,7 +73,7 @@ def run_baseline(cfg: BaselineConfig) -> dict:
     model = build_siamese(cfg.arch, pretrained=cfg.pretrained and not cfg.resume, num_classes=2).to(device)
     eval_kwargs = dict(dataset_name=cfg.dataset, data_dir=cfg.data_dir, split_id=cfg.split, protocols=protocols,
                        height=cfg.height, width=cfg.width, batch_size=cfg.batch_size, workers=cfg.workers,
-                       device=device, num_val=cfg.num_val)
+                       device=device, num_val=cfg.num_val, progress=cfg.progress)
 
     if cfg.evaluate:
         checkpoint = load_checkpoint(cfg.resume)
@@ -112,7 +112,8 @@ def run_baseline(cfg: BaselineConfig) -> dict:
         is_best = False
         if epoch % cfg.eval_step == 0 or epoch == cfg.epochs - 1:
             val = evaluate_on_val(model, dataset, cfg.height, cfg.width, cfg.batch_size, cfg.workers,
-                                  rerank_topk=75, device=device, dataset_name=cfg.dataset)
+                                  rerank_topk=75, device=device, dataset_name=cfg.dataset,
+                                  progress=cfg.progress)
             val_map = val["second_stage"]["mAP"]
             is_best = val_map > best_map
             best_map = max(best_map, val_map)

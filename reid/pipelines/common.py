@@ -66,6 +66,7 @@ def evaluate_on_test(
     device: torch.device,
     num_val: Optional[float] = None,
     title: str = "",
+    progress: bool = True,
 ) -> dict:
     """Both cascade stages on query/gallery under each protocol; features are extracted once.
 
@@ -76,8 +77,8 @@ def evaluate_on_test(
     items = unique_items(*[d.query for d in loaded.values()], *[d.gallery for d in loaded.values()])
     loader = build_eval_loader(items, first.images_dir, height, width, batch_size, workers)
     base, embed = _unwrap(model).base_model, _unwrap(model).embed_model
-    features = extract_features(base, loader, device, desc="Extract test features")
-    evaluator = CascadeEvaluator(base, embed, device=device)
+    features = extract_features(base, loader, device, desc="Extract test features", progress=progress)
+    evaluator = CascadeEvaluator(base, embed, device=device, progress=progress)
     results = {}
     for protocol, ds in loaded.items():
         qf = torch.stack([features[f] for f, _, _ in ds.query])
@@ -92,12 +93,12 @@ def evaluate_on_test(
 
 def evaluate_on_val(
     model: SiameseNet, dataset: Dataset, height: int, width: int, batch_size: int, workers: int,
-    rerank_topk: int, device: torch.device, dataset_name: Optional[str] = None,
+    rerank_topk: int, device: torch.device, dataset_name: Optional[str] = None, progress: bool = True,
 ) -> dict:
     """Both cascade stages with the validation identities as query and gallery."""
     loader = build_eval_loader(dataset.val, dataset.images_dir, height, width, batch_size, workers)
     net = _unwrap(model)
-    evaluator = CascadeEvaluator(net.base_model, net.embed_model, device=device)
+    evaluator = CascadeEvaluator(net.base_model, net.embed_model, device=device, progress=progress)
     return evaluator.evaluate(loader, dataset.val, dataset.val, rerank_topk=rerank_topk,
                               dataset=dataset_name, title="[validation] ")
 

@@ -34,7 +34,7 @@ PREPARE_COMMANDS = {
     "synthetic": "python scripts/make_synthetic_dataset.py --root {root}",
 }
 GENERIC_PREPARE_COMMAND = "python scripts/prepare_dataset.py generic --src FOLDER --dst {root}"
-POSES_HINT = "create it with scripts/generate_poses.py (see datasets/README.md)"
+POSES_HINT = "create it with: make poses POSE_DATASET={root} (scripts/generate_poses.py, see datasets/README.md)"
 RAW_DOWNLOAD_MARKERS = ("bounding_box_train", "bounding_box_test", "query", "cuhk-03.mat")
 
 _SPLIT_PID_KEYS = ("trainval", "query", "gallery")
@@ -295,7 +295,7 @@ class Dataset:
             if self.name == "synthetic":
                 how = f"re-create the dataset with: {self.prepare_hint()}"
             else:
-                how = POSES_HINT
+                how = POSES_HINT.format(root=self.root)
             raise DatasetError(f"{self.poses_dir}: missing (FD-GAN training needs pose files); {how}")
 
     def load(self, num_val: Union[int, float] = 0.3, verbose: bool = True, protocol: str = "openreid") -> None:

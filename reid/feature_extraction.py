@@ -1,0 +1,357 @@
+"""Deployment-side feature extraction: re-ID features of arbitrary images with a trained E.
+
+:class:`FeatureExtractor` builds the backbone of E (the ResNet cut at pooling, whose pooled
+features give the first-stage distances of spec section 7) and the test preprocessing once, then
+maps paths, PIL images, uint8 arrays or normalised tensors to an N x D feature matrix.
+:func:`load_backbone` reads every checkpoint form the project and the release write.
+:func:`extract_folder` and :func:`write_features_h5` are the library behind
+``scripts/extract_features.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+from collections import OrderedDict
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from reid import models
+from reid.errors import CheckpointError, ConfigError, DatasetError
+from reid.utils.data.images import read_image
+from reid.utils.data.transforms import build_test_transform
+from reid.utils.osutils import PathLike, mkdir_if_missing
+from reid.utils.runtime import resolve_device
+from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "FeatureExtractor",
+    "detect_arch",
+    "backbone_state_dict",
+    "load_backbone",
+    "list_images",
+    "extract_folder",
+    "write_features_h5",
+    "read_features_h5",
+]
+
+#: File name endings (lower case) :func:`list_images` treats as images.
+IMAGE_EXTENSIONS: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+# (bottleneck blocks?, blocks in layer1..layer4) -> architecture name.
+_RESNET_LAYOUTS: Dict[Tuple[bool, Tuple[int, ...]], str] = {
+    (False, (2, 2, 2, 2)): "resnet18",
+    (False, (3, 4, 6, 3)): "resnet34",
+    (True, (3, 4, 6, 3)): "resnet50",
+    (True, (3, 4, 23, 3)): "resnet101",
+    (True, (3, 8, 36, 3)): "resnet152",
+}
+_TORCHVISION_TOP = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.", "fc.")
+
+
+def backbone_state_dict(obj: Any, source: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":
+    """The backbone's state dict (keys ``base.*``) inside any loaded checkpoint.
+
+    Accepts a baseline ``{'state_dict': ...}`` or a ``<epoch>_net_E.pth`` state dict (keys of a
+    whole SiameseNet, ``base_model.*`` is taken), a plain backbone state dict (``base.*``) or a
+    torchvision ResNet state dict (``conv1.*``, ``layer1.*``, ...), with or without ``module.``.
+
+    Args:
+        obj: what :func:`reid.utils.serialization.load_checkpoint` returned.
+        source: the file name, for error messages.
+
+    Raises:
+        CheckpointError: no ResNet backbone in ``obj`` (e.g. a generator or discriminator file).
+    """
+    state = extract_state_dict(obj, source)
+    if any(k.startswith("base_model.") for k in state):
+        state = OrderedDict((k[len("base_model."):], v) for k, v in state.items() if k.startswith("base_model."))
+    elif not any(k.startswith("base.") for k in state) and any(k.startswith("layer1.") for k in state):
+        state = OrderedDict(
+            (f"base.{k}", v) for k, v in state.items() if k.startswith(_TORCHVISION_TOP)
+        )
+    if "base.conv1.weight" not in state or "base.layer1.0.conv1.weight" not in state:
+        raise CheckpointError(
+            f"{source}: holds no re-ID backbone (expected the keys of a SiameseNet 'base_model.base.*' "
+            f"or a ResNet 'base.*'; is this a generator or discriminator file?)"
+        )
+    return OrderedDict((k, v) for k, v in state.items() if k.startswith("base."))
+
+
+def detect_arch(state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The ResNet name (``'resnet18'`` ... ``'resnet152'``) whose layout a ``base.*`` state dict
+    has, or None when it matches none of them."""
+    bottleneck = "base.layer1.0.conv3.weight" in state
+    blocks = []
+    for layer in range(1, 5):
+        pattern = re.compile(rf"^base\.layer{layer}\.(\d+)\.")
+        blocks.append(len({m.group(1) for k in state for m in [pattern.match(k)] if m}))
+    return _RESNET_LAYOUTS.get((bottleneck, tuple(blocks)))
+
+
+def load_backbone(checkpoint: Optional[PathLike], arch: str = "resnet50") -> nn.Module:
+    """Build E's backbone (a ResNet cut at pooling) and load ``checkpoint`` into it.
+
+    Args:
+        checkpoint: a checkpoint file in any form :func:`backbone_state_dict` accepts; None gives
+            randomly initialised weights (for tests and timing only).
+        arch: the architecture to build when it cannot be read from the weights' shapes (or when
+            ``checkpoint`` is None).
+
+    Returns:
+        The backbone in eval mode, on the CPU.
+
+    Raises:
+        CheckpointError: the file is missing or unreadable, or holds another network.
+        ConfigError: unknown ``arch``.
+    """
+    if checkpoint is None:
+        logger.warning("no checkpoint given: %s with random weights", arch)
+        return models.create(arch, pretrained=False, cut_at_pooling=True).eval()
+    source = os.fspath(checkpoint)
+    state = backbone_state_dict(load_checkpoint(source), source)
+    detected = detect_arch(state)
+    if detected is not None and detected != arch:
+        logger.info("%s: weights are %s (not %s); building %s", source, detected, arch, detected)
+    model = models.create(detected or arch, pretrained=False, cut_at_pooling=True)
+    copy_state_dict(state, model, strict=True, source=source)
+    logger.info("loaded %s backbone from %s", detected or arch, source)
+    return model.eval()
+
+
+class FeatureExtractor:
+    """Extract re-ID features (E's pooled backbone output) from images.
+
+    Build once, call many times::
+
+        extractor = FeatureExtractor("logs/best_net_E.pth", height=256, width=128)
+        features = extractor(["a.jpg", "b.jpg"])     # 2 x 2048 float32 tensor
+
+    Args:
+        checkpoint: weights of E in any form the project or the release writes (baseline
+            ``model_best.pth.tar``, ``<epoch>_net_E.pth``, a plain backbone state dict), with or
+            without ``module.``; None: random weights (or the weights of ``model``).
+        arch: backbone to build when the checkpoint does not reveal it (``reid.models.names()``).
+        height: image height the preprocessing resizes to (the training ``--height``).
+        width: image width the preprocessing resizes to (the training ``--width``).
+        device: ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'auto'``.
+        batch_size: images per forward pass.
+        model: use this network instead of building one: a backbone, or a SiameseNet whose
+            ``base_model`` is taken; ``checkpoint``, when also given, is loaded into it.
+        normalize: L2-normalise each feature vector.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, or one of another network.
+        ConfigError: unknown ``arch`` or ``device``, or ``batch_size`` < 1.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Optional[PathLike] = None,
+        arch: str = "resnet50",
+        height: int = 256,
+        width: int = 128,
+        device: Union[str, torch.device] = "cpu",
+        batch_size: int = 64,
+        model: Optional[nn.Module] = None,
+        normalize: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1 (got {batch_size})")
+        if height < 1 or width < 1:
+            raise ConfigError(f"--height/--width must be positive (got {height} x {width})")
+        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        if model is None:
+            model = load_backbone(checkpoint, arch)
+        else:
+            model = getattr(model, "module", model)
+            model = getattr(model, "base_model", model)
+            if checkpoint is not None:
+                source = os.fspath(checkpoint)
+                copy_state_dict(backbone_state_dict(load_checkpoint(source), source), model, source=source)
+        self.model = model.to(self.device).eval()
+        self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.arch = f"resnet{model.depth}" if hasattr(model, "depth") else type(model).__name__
+        self.height = height
+        self.width = width
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.transform = build_test_transform(height, width)
+
+    @property
+    def feature_dim(self) -> Optional[int]:
+        """Length of one feature vector, when the model says (ResNet: ``out_features``)."""
+        return getattr(self.model, "out_features", None)
+
+    def preprocess(self, image: ImageInput) -> torch.Tensor:
+        """One image (path, PIL image or H x W x 3 uint8 array) -> normalised 3 x H x W tensor."""
+        return self.transform(self._to_pil(image, "image"))
+
+    def __call__(self, images: Union[ImageInput, Sequence[ImageInput], torch.Tensor]) -> torch.Tensor:
+        """Features of ``images`` as an N x D float32 CPU tensor (rows in input order).
+
+        Args:
+            images: a list of image paths, PIL images or H x W x 3 uint8 arrays (mixed freely);
+                one such image; an N x H x W x 3 uint8 array; or an N x 3 x H x W float tensor
+                already preprocessed (resized and normalised), which is used as it is.
+
+        Raises:
+            DatasetError: an unreadable image file, or an array or tensor of the wrong shape.
+        """
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise DatasetError(f"images: expected an N x 3 x H x W tensor, got shape {tuple(images.shape)}")
+            batches = (images[i:i + self.batch_size].float() for i in range(0, images.shape[0], self.batch_size))
+            return self._run(batches)
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        elif isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            images = [images]
+        items = list(images)
+
+        def batches():
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start:start + self.batch_size]
+                yield torch.stack([
+                    self.transform(self._to_pil(img, f"images[{start + i}]")) for i, img in enumerate(chunk)
+                ])
+
+        return self._run(batches())
+
+    def _run(self, batches) -> torch.Tensor:
+        self.model.eval()
+        outputs: List[torch.Tensor] = []
+        with torch.inference_mode():
+            for batch in batches:
+                out = self.model(batch.to(self.device)).float()
+                if self.normalize:
+                    out = F.normalize(out, dim=1)
+                outputs.append(out.cpu())
+        if not outputs:
+            return torch.zeros(0, self.feature_dim or 0)
+        return torch.cat(outputs)
+
+    @staticmethod
+    def _to_pil(image: ImageInput, what: str) -> Image.Image:
+        if isinstance(image, (str, os.PathLike)):
+            return read_image(image)
+        if isinstance(image, Image.Image):
+            return image if image.mode == "RGB" else image.convert("RGB")
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise DatasetError(
+                    f"{what}: expected an H x W x 3 uint8 array, got shape {image.shape} dtype {image.dtype}"
+                )
+            return Image.fromarray(np.ascontiguousarray(image))
+        raise DatasetError(f"{what}: expected a path, PIL image or uint8 array, got {type(image).__name__}")
+
+
+def list_images(folder: PathLike) -> List[str]:
+    """Paths (relative to ``folder``, '/'-separated, sorted) of every image below ``folder``.
+
+    Images are files whose name ends in one of :data:`IMAGE_EXTENSIONS` (any case); hidden files
+    and folders (names starting with '.') are skipped.
+
+    Raises:
+        DatasetError: ``folder`` is not a folder, or holds no image.
+    """
+    root = os.fspath(folder)
+    if not os.path.isdir(root):
+        raise DatasetError(f"{root}: image folder not found")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
+    if not found:
+        raise DatasetError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return sorted(found)
+
+
+def extract_folder(extractor: FeatureExtractor, folder: PathLike) -> Tuple[List[str], torch.Tensor]:
+    """Features of every image below ``folder``.
+
+    Args:
+        extractor: the feature extractor to run.
+        folder: the image folder, searched recursively (see :func:`list_images`).
+
+    Returns:
+        ``(names, features)``: the relative paths in sorted order and the N x D features.
+    """
+    names = list_images(folder)
+    logger.info("%s: extracting features of %d images", os.fspath(folder), len(names))
+    return names, extractor([os.path.join(os.fspath(folder), n) for n in names])
+
+
+def write_features_h5(
+    path: PathLike, names: Sequence[str], features: Union[torch.Tensor, np.ndarray], attrs: Optional[Mapping[str, Any]] = None
+) -> None:
+    """Write features to an HDF5 file atomically (temporary file in the same folder, then rename).
+
+    The file holds datasets ``features`` (N x D float32) and ``names`` (N UTF-8 strings) and the
+    given attributes. No timestamps are stored, so the same input gives the same bytes.
+
+    Args:
+        path: the output file.
+        names: one name per feature row (e.g. relative image paths).
+        features: N x D features.
+        attrs: attributes of the file's root group (strings, numbers, None is stored as '').
+    """
+    import h5py
+
+    feats = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+    feats = np.ascontiguousarray(feats, dtype=np.float32)
+    if feats.ndim != 2 or feats.shape[0] != len(names):
+        raise ValueError(f"features must be {len(names)} x D, got shape {feats.shape}")
+    path = os.fspath(path)
+    mkdir_if_missing(os.path.dirname(os.path.abspath(path)))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w", track_order=False) as f:
+            f.create_dataset("features", data=feats, track_times=False)
+            f.create_dataset("names", data=list(names), dtype=h5py.string_dtype("utf-8"), track_times=False)
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = "" if value is None else value
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_features_h5(path: PathLike) -> Tuple[List[str], np.ndarray, Dict[str, Any]]:
+    """Read a file written by :func:`write_features_h5` -> ``(names, features, attrs)``.
+
+    Raises:
+        DatasetError: the file is missing or not such a file.
+    """
+    import h5py
+
+    path = os.fspath(path)
+    try:
+        with h5py.File(path, "r") as f:
+            names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in f["names"][()]]
+            feats = np.asarray(f["features"][()], dtype=np.float32)
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: features file not found") from None
+    except (OSError, KeyError) as e:
+        raise DatasetError(f"{path}: not a features file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return names, feats, attrs

@@ -1,0 +1,39 @@
+"""Shared test fixtures.
+
+``synthetic_root`` builds a tiny synthetic dataset (reid.datasets.synthetic_render) once per test
+session and returns its folder: images/, poses/, meta.json, splits.json. Treat it as read-only;
+copy it (shutil.copytree) before changing anything in it. Its size is set by the constants below.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+# Size of the session's synthetic dataset: 24 identities (12 trainval, 12 test) + 1 distractor,
+# each seen by 2-3 of 3 cameras, 2 images per camera: about 120 images of 64 x 32, built in ~1 s.
+SYNTHETIC_NUM_IDS = 24
+SYNTHETIC_NUM_CAMS = 3
+SYNTHETIC_IMAGES_PER_CAM = 2
+SYNTHETIC_HEIGHT = 64
+SYNTHETIC_WIDTH = 32
+SYNTHETIC_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Folder of a tiny synthetic dataset (see the constants above), built once per session."""
+    from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic_data") / "synthetic"
+    config = SyntheticConfig(
+        num_ids=SYNTHETIC_NUM_IDS, num_cams=SYNTHETIC_NUM_CAMS, images_per_cam=SYNTHETIC_IMAGES_PER_CAM,
+        height=SYNTHETIC_HEIGHT, width=SYNTHETIC_WIDTH, seed=SYNTHETIC_SEED,
+    )
+    generate_synthetic_dataset(root, config)
+    return str(root)
