@@ -1,7 +1,10 @@
-"""Export E's backbone for deployment: TorchScript (no extra dependency) and ONNX.
+"""Export E's backbone for deployment: TorchScript, ONNX, and torch.export's ExportedProgram.
 
-Both exports take a preprocessed N x 3 x H x W float batch (resized, ImageNet-normalised, as
-:func:`reid.utils.data.transforms.build_test_transform` makes it) and return the N x D pooled
+TorchScript (``torch.jit``, deprecated upstream but supported by the pinned PyTorch) and the
+ExportedProgram (``torch.export``, its successor) need nothing beyond PyTorch; ONNX needs the
+``onnx`` and ``onnxruntime`` packages. Every exported model takes a preprocessed N x 3 x H x W
+float batch (resized and ImageNet-normalised, as
+:func:`reid.utils.data.transforms.build_test_transform` makes it) and returns the N x D pooled
 features; the batch size is free. Each exported file is checked before it replaces the target:
 it is loaded back (TorchScript with ``torch.jit.load``, ONNX with onnxruntime) and run on random
 inputs of a batch size other than the one used for export; when its output differs from the
@@ -15,7 +18,7 @@ import logging
 import os
 import tempfile
 import warnings
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,10 +29,21 @@ from reid.utils.osutils import PathLike, mkdir_if_missing
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportError", "FORMATS", "export_torchscript", "export_onnx", "export_model", "verify_outputs"]
+__all__ = [
+    "ExportError",
+    "FORMATS",
+    "export_torchscript",
+    "export_onnx",
+    "export_program",
+    "export_model",
+    "verify_outputs",
+]
 
 #: Export formats :func:`export_model` knows.
-FORMATS: Tuple[str, ...] = ("torchscript", "onnx")
+FORMATS: Tuple[str, ...] = ("torchscript", "onnx", "exported-program")
+
+# Largest batch the ExportedProgram's symbolic batch dimension admits.
+_MAX_BATCH = 65536
 
 
 class ExportError(FDGANError):
@@ -130,8 +144,11 @@ def export_torchscript(
             traced = torch.jit.trace(model, example, check_trace=False)
         expected = model(check)
         with _checked_target(path) as tmp:
-            torch.jit.save(traced, tmp)
-            diff = verify_outputs(expected, torch.jit.load(tmp, map_location="cpu")(check), atol, os.fspath(path))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.jit.save(traced, tmp)
+                reloaded = torch.jit.load(tmp, map_location="cpu")
+            diff = verify_outputs(expected, reloaded(check), atol, os.fspath(path))
     logger.info("%s: TorchScript export, max abs difference to eager %.3g", os.fspath(path), diff)
     return diff
 
@@ -199,7 +216,55 @@ def export_onnx(
     return diff
 
 
-_EXPORTERS: dict[str, Callable[..., float]] = {"torchscript": export_torchscript, "onnx": export_onnx}
+def export_program(
+    model: nn.Module,
+    path: PathLike,
+    height: int = 256,
+    width: int = 128,
+    trace_batch_size: int = 2,
+    check_batch_size: int = 3,
+    atol: float = 1e-4,
+) -> float:
+    """Export ``model`` with ``torch.export`` (dynamic batch), save atomically and check it.
+
+    Load the file with ``torch.export.load(path).module()``.
+
+    Args:
+        model: the backbone (moved to the CPU and put in eval mode).
+        path: the ``.pt2`` file to write.
+        height: input height used for export and the check.
+        width: input width used for export and the check.
+        trace_batch_size: batch size of the example input used for export.
+        check_batch_size: batch size of the check input (should differ from the export's).
+        atol: tolerance of the check (see :func:`verify_outputs`).
+
+    Returns:
+        The largest absolute difference between the reloaded program and the eager model.
+
+    Raises:
+        ExportError: the reloaded program does not reproduce the eager model.
+    """
+    _check_sizes(height, width, min(trace_batch_size, check_batch_size))
+    model = model.cpu().eval()
+    example = _inputs(trace_batch_size, height, width, seed=0)
+    check = _inputs(check_batch_size, height, width, seed=1)
+    batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
+    with torch.inference_mode(False), torch.no_grad():
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        expected = model(check)
+        with _checked_target(path) as tmp:
+            torch.export.save(program, tmp)
+            reloaded = torch.export.load(tmp).module()
+            diff = verify_outputs(expected, reloaded(check), atol, os.fspath(path))
+    logger.info("%s: ExportedProgram export, max abs difference to eager %.3g", os.fspath(path), diff)
+    return diff
+
+
+_EXPORTERS: Dict[str, Callable[..., float]] = {
+    "torchscript": export_torchscript,
+    "onnx": export_onnx,
+    "exported-program": export_program,
+}
 
 
 def export_model(
@@ -217,7 +282,7 @@ def export_model(
         checkpoint: E's weights in any form :func:`reid.feature_extraction.load_backbone` reads;
             None exports random weights (tests only).
         path: the file to write.
-        fmt: ``'torchscript'`` or ``'onnx'``.
+        fmt: ``'torchscript'``, ``'onnx'`` or ``'exported-program'``.
         arch: backbone to build when the checkpoint does not reveal it.
         height: input image height.
         width: input image width.

@@ -297,7 +297,10 @@ def extract_folder(extractor: FeatureExtractor, folder: PathLike) -> Tuple[List[
 
 
 def write_features_h5(
-    path: PathLike, names: Sequence[str], features: Union[torch.Tensor, np.ndarray], attrs: Optional[Mapping[str, Any]] = None
+    path: PathLike,
+    names: Sequence[str],
+    features: Union[torch.Tensor, np.ndarray],
+    attrs: Optional[Mapping[str, Any]] = None,
 ) -> None:
     """Write features to an HDF5 file atomically (temporary file in the same folder, then rename).
 
@@ -353,5 +356,6 @@ def read_features_h5(path: PathLike) -> Tuple[List[str], np.ndarray, Dict[str, A
     except FileNotFoundError:
         raise DatasetError(f"{path}: features file not found") from None
     except (OSError, KeyError) as e:
-        raise DatasetError(f"{path}: not a features file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DatasetError(f"{path}: not a features file ({detail})") from None
     return names, feats, attrs

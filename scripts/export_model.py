@@ -1,8 +1,12 @@
 #!/usr/bin/env python
-"""Export E's backbone (images -> re-ID features) to TorchScript or ONNX, checked against PyTorch.
+"""Export E's backbone (images -> re-ID features) to TorchScript, ONNX or an ExportedProgram,
+checked against PyTorch.
 
     python scripts/export_model.py --checkpoint logs/best_net_E.pth --output reid.pt
     python scripts/export_model.py --checkpoint logs/model_best.pth.tar --format onnx --output reid.onnx
+    python scripts/export_model.py --checkpoint logs/best_net_E.pth --format exported-program --output reid.pt2
+
+Load them with ``torch.jit.load``, onnxruntime, or ``torch.export.load(path).module()``.
 
 The exported model takes a preprocessed batch (N x 3 x H x W, resized to --height x --width and
 ImageNet-normalised) of any N and returns N x D features. After writing, the file is loaded back
@@ -25,10 +29,11 @@ from reid.utils.logging import setup_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Export the re-ID feature extractor to TorchScript or ONNX")
+    p = argparse.ArgumentParser(description="Export the re-ID feature extractor to TorchScript, ONNX or torch.export")
     p.add_argument("--checkpoint", required=True,
                    help="E's weights: model_best.pth.tar (baseline), <epoch>_net_E.pth, or a backbone state dict")
-    p.add_argument("--output", required=True, help="file to write (.pt for TorchScript, .onnx for ONNX)")
+    p.add_argument("--output", required=True,
+                   help="file to write (.pt for torchscript, .onnx for onnx, .pt2 for exported-program)")
     p.add_argument("--format", default="torchscript", choices=FORMATS)
     p.add_argument("-a", "--arch", default="resnet50", choices=models.names(),
                    help="backbone when the checkpoint does not reveal it (default: resnet50)")

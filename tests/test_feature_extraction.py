@@ -37,6 +37,15 @@ def _trained_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 spinning threads made each forward ~80x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def backbone() -> torch.nn.Module:
     torch.manual_seed(1)
@@ -237,6 +246,7 @@ def test_script_errors_exit_2(tmp_path, backbone, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "empty" in err and "no image files" in err
     assert not (tmp_path / "f.h5").exists()
+    Image.new("RGB", (W, H)).save(tmp_path / "one.png")
     rc = script.main(["--checkpoint", str(tmp_path / "nope.pth"), "--images", str(tmp_path), "--output",
                       str(tmp_path / "f.h5"), "--device", "cpu"])
     assert rc == 2 and "nope.pth" in capsys.readouterr().err

@@ -57,7 +57,10 @@ def reference_re_ranking(qg, qq, gg, k1, k2, lam, stats=None):
     for p in range(n):
         total = sum(math.exp(-d[p][g]) for g in r_star[p])
         v.append([math.exp(-d[p][g]) / total if g in r_star[p] else 0.0 for g in range(n)])
-    v_qe = [[sum(v[g][j] for g in order[p][:k2]) / k2 for j in range(n)] for p in range(n)]
+    if k2 == 1:  # no expansion (the k2 nearest would be p itself but for exact duplicates)
+        v_qe = v
+    else:
+        v_qe = [[sum(v[g][j] for g in order[p][:k2]) / k2 for j in range(n)] for p in range(n)]
     out = np.zeros((nq, ng))
     for p in range(nq):
         for gi in range(ng):
@@ -91,6 +94,27 @@ def test_matches_direct_reference(seed, k1, k2, lam):
     if k1 >= 6:
         # The 1/2-k1 expansion rule really was exercised by this case.
         assert stats.get("expanded", 0) > 0
+
+
+def test_equal_distances_are_ranked_by_index():
+    # Points on an integer grid: many exactly equal distances, so neighbour sets depend on the
+    # tie rule (equal distances ordered by index, as a stable sort).
+    rng = np.random.default_rng(3)
+    q = rng.integers(0, 3, size=(6, 2)).astype(float)
+    g = rng.integers(0, 3, size=(14, 2)).astype(float)
+    qg, qq, gg = _sq_dist(q, g), _sq_dist(q, q), _sq_dist(g, g)
+    for k1, k2 in ((4, 2), (6, 3), (10, 1)):
+        want = reference_re_ranking(qg.tolist(), qq.tolist(), gg.tolist(), k1, k2, 0.3)
+        np.testing.assert_allclose(re_ranking(qg, qq, gg, k1=k1, k2=k2), want, rtol=0, atol=1e-6)
+
+
+def test_smallest_k_equals_stable_argsort():
+    rng = np.random.default_rng(0)
+    block = rng.integers(0, 6, size=(40, 30)).astype(float)  # heavy ties
+    block[:10] = rng.random((10, 30))  # and rows without
+    for k in (1, 3, 7, 30):
+        want = np.argsort(block, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(rerank._smallest_k(block, k), want)
 
 
 def test_blockwise_ranking_equals_one_block(monkeypatch):

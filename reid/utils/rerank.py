@@ -18,13 +18,14 @@ Steps (paper section 3 and 4):
 4. ``V[p, g] = exp(-d[p, g])`` for ``g`` in ``R*(p, k1)``, 0 elsewhere; each row normalised to
    sum 1.
 5. Local query expansion: ``V[p] <- mean of V[g] over g in N(p, k2 - 1)`` (the ``k2`` nearest,
-   ``p`` first); ``k2 = 1`` leaves ``V`` unchanged.
+   normally ``p`` first); ``k2 = 1`` leaves ``V`` unchanged, also for a ``p`` with exact
+   duplicates of lower index (ranked before ``p`` itself).
 6. Jaccard distance ``1 - sum_j min(V[p, j], V[g, j]) / sum_j max(V[p, j], V[g, j])``.
 7. Final distance ``(1 - lambda) * jaccard + lambda * d`` for the query rows and gallery columns.
 
-Everything is computed in float64. The N x N matrices are never materialised: ``V`` is a sparse
-matrix and the neighbour ranks are found block by block, so the memory beyond the inputs is
-O(N * k1 + nnz(V)).
+Everything is computed in float64 (float32 inputs are read as they are, block by block). The
+N x N matrices are never materialised: ``V`` is a sparse matrix and the neighbour ranks are found
+block by block, so the memory beyond the inputs is O(N * k1 + nnz(V)) plus the Nq x Ng result.
 """
 from __future__ import annotations
 
@@ -47,7 +48,11 @@ _RANK_CHUNK_ELEMENTS = 1 << 24
 def _as_array(x: Any, name: str) -> np.ndarray:
     if hasattr(x, "detach"):  # torch tensor
         x = x.detach().cpu().numpy()
-    arr = np.asarray(x, dtype=np.float64)
+    arr = np.asarray(x)
+    # float32 input stays float32 (the gallery x gallery matrix can be large); blocks taken from
+    # it are converted to float64.
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D distance matrix, got shape {arr.shape}")
     if np.isnan(arr).any():
@@ -68,10 +73,9 @@ class _NormalisedDistances:
     """Row access to the normalised N x N matrix ``d`` (step 1) without building it."""
 
     def __init__(self, q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray) -> None:
-        # Rounding can leave squared distances a hair below 0; a distance is never negative.
-        self.q_g = np.maximum(q_g, 0.0)
-        self.q_q = np.maximum(q_q, 0.0)
-        self.g_g = np.maximum(g_g, 0.0)
+        self.q_g = q_g
+        self.q_q = q_q
+        self.g_g = g_g
         self.num_query, self.num_gallery = q_g.shape
         self.num_all = self.num_query + self.num_gallery
         # Maximum of each column of D: query column i is [q_q[:, i]; q_g[i, :]], gallery column j
@@ -97,7 +101,7 @@ class _NormalisedDistances:
             a, b = max(start, nq) - nq, stop - nq
             parts.append(np.concatenate([self.q_g[:, a:b].T, self.g_g[:, a:b].T], axis=1))
         block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        return block / self.col_max[start:stop, None]
+        return _clip(block) / self.col_max[start:stop, None]
 
     def entries(self, p: int, cols: np.ndarray) -> np.ndarray:
         """``d[p, cols]``, i.e. ``D[cols, p] / max(D[:, p])``."""
@@ -110,11 +114,16 @@ class _NormalisedDistances:
         else:
             out[is_q] = self.q_g[cols[is_q], p - nq]
             out[~is_q] = self.g_g[cols[~is_q] - nq, p - nq]
-        return out / self.col_max[p]
+        return _clip(out) / self.col_max[p]
+
+
+def _clip(a: np.ndarray) -> np.ndarray:
+    # Rounding can leave squared distances a hair below 0; a distance is never negative.
+    return np.maximum(a.astype(np.float64, copy=False), 0.0)
 
 
 def _max_or_zero(a: np.ndarray, axis: int, length: int) -> np.ndarray:
-    return a.max(axis=axis) if a.shape[axis] > 0 else np.zeros(length)
+    return a.max(axis=axis).astype(np.float64) if a.shape[axis] > 0 else np.zeros(length)
 
 
 def _nearest(dist: _NormalisedDistances, k: int) -> np.ndarray:
@@ -125,7 +134,25 @@ def _nearest(dist: _NormalisedDistances, k: int) -> np.ndarray:
     chunk = max(1, _RANK_CHUNK_ELEMENTS // max(n, 1))
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        out[start:stop] = np.argsort(dist.rows(start, stop), axis=1, kind="stable")[:, :k]
+        out[start:stop] = _smallest_k(dist.rows(start, stop), k)
+    return out
+
+
+def _smallest_k(block: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the indices of the k smallest values in ascending order, equal values by index:
+    the first k of a stable argsort, in O(row length) per row instead of a full sort."""
+    if k >= block.shape[1]:
+        return np.argsort(block, axis=1, kind="stable")[:, :k]
+    part = np.argpartition(block, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(block, part, axis=1)
+    # argpartition picks arbitrarily among values equal to the k-th smallest; only rows without
+    # such a tie at the boundary can use its choice.
+    kth = vals.max(axis=1)
+    unique_cut = (block <= kth[:, None]).sum(axis=1) == k
+    order = np.lexsort((part, vals), axis=-1)
+    out = np.take_along_axis(part, order, axis=1)
+    for r in np.flatnonzero(~unique_cut):
+        out[r] = np.argsort(block[r], kind="stable")[:k]
     return out
 
 
