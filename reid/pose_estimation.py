@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import html
+import importlib.util
 import logging
 import multiprocessing
 import os
 import random
+import sys
 import urllib.parse
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -148,7 +151,8 @@ class BlazePoseEstimator:
         min_detection_confidence: the person detector's threshold; below it the image has no person.
         pad_square: pad each image to a centred square before estimation (coordinates are mapped
             back to the original image).
-        quiet: hide mediapipe's native start-up messages on stderr (they bypass Python logging).
+        quiet: hide most of mediapipe's native start-up messages on stderr (they bypass Python
+            logging; its threads may still print a line later: :func:`run_pose_jobs` mutes them fully).
 
     Raises:
         ConfigError: mediapipe is not installed in this interpreter.
@@ -156,10 +160,7 @@ class BlazePoseEstimator:
 
     def __init__(self, min_visibility: float = DEFAULT_MIN_VISIBILITY, min_detection_confidence: float = 0.5,
                  pad_square: bool = True, quiet: bool = True) -> None:
-        if not 0.0 <= min_visibility <= 1.0:
-            raise ConfigError(f"--min-visibility must be in [0, 1], got {min_visibility}")
-        if not 0.0 <= min_detection_confidence <= 1.0:
-            raise ConfigError(f"--min-detection-confidence must be in [0, 1], got {min_detection_confidence}")
+        check_estimator_options(min_visibility, min_detection_confidence)
         try:
             from mediapipe.python.solutions import pose as mp_pose
         except ImportError as e:
@@ -234,7 +235,8 @@ def list_images(folder: PathLike) -> List[str]:
     if not os.path.isdir(folder):
         raise DatasetError(f"{folder}: image folder not found")
     paths = sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                   if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))
+                   if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")
+                   and os.path.isfile(os.path.join(folder, n)))
     if not paths:
         raise DatasetError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return paths
@@ -281,12 +283,36 @@ class PoseJobResult:
     error: Optional[str] = None
 
 
-# Per worker-process estimator, built once by _init_worker.
+def check_estimator_options(min_visibility: float, min_detection_confidence: float,
+                            require_mediapipe: bool = True) -> None:
+    """Raise :class:`ConfigError` unless both thresholds lie in [0, 1] (and mediapipe is installed).
+
+    Args:
+        min_visibility, min_detection_confidence: see :class:`BlazePoseEstimator`.
+        require_mediapipe: also check that mediapipe can be imported by this interpreter.
+    """
+    if not 0.0 <= min_visibility <= 1.0:
+        raise ConfigError(f"--min-visibility must be in [0, 1], got {min_visibility}")
+    if not 0.0 <= min_detection_confidence <= 1.0:
+        raise ConfigError(f"--min-detection-confidence must be in [0, 1], got {min_detection_confidence}")
+    if require_mediapipe and importlib.util.find_spec("mediapipe") is None:
+        raise ConfigError(f"mediapipe is not installed in this Python ({sys.executable}); {SETUP_HINT}")
+
+
+# The estimator of a worker process, built once by _init_worker.
 _WORKER: Dict[str, Any] = {}
 
 
 def _init_worker(output_dir: str, estimator_kwargs: Dict[str, Any]) -> None:
-    _WORKER["estimator"] = BlazePoseEstimator(**estimator_kwargs)
+    # mediapipe's native threads log to file descriptor 2 at unpredictable moments. A worker
+    # points fd 2 at /dev/null for its whole life and gives Python's sys.stderr a copy of the
+    # real one, so Python warnings and tracebacks still reach the terminal.
+    real_stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(real_stderr, "w", buffering=1)
+    _WORKER["estimator"] = BlazePoseEstimator(**estimator_kwargs, quiet=False)
     _WORKER["output_dir"] = output_dir
 
 
@@ -306,46 +332,52 @@ def _process_one(image_path: str) -> PoseJobResult:
 def run_pose_jobs(image_paths: Sequence[PathLike], output_dir: PathLike, num_workers: int = 1,
                   min_visibility: float = DEFAULT_MIN_VISIBILITY, min_detection_confidence: float = 0.5,
                   pad_square: bool = True) -> Iterator[PoseJobResult]:
-    """Estimate and write the pose file of every image; yields one result per image as it finishes.
+    """Estimate and write the pose file of every image; the returned iterator gives one result per
+    image, in input order, as the work proceeds (options are checked before it is returned).
 
-    Each pose file is written atomically as soon as its image is done, so an interrupted run
-    leaves only complete files and :func:`plan_pose_jobs` resumes it. An image with no person gets
-    an all ``-1`` file (it counts as done). An unreadable image gets no file and a result with
-    ``error`` set; the other images are still processed.
+    The work runs in ``num_workers`` separate processes (also when it is 1: that keeps
+    mediapipe's native log lines out of the caller's terminal, and a crash of the native code
+    out of the caller). Each pose file is written atomically as soon as its image is done, so an
+    interrupted run leaves only complete files and :func:`plan_pose_jobs` resumes it. An image
+    with no person gets an all ``-1`` file (it counts as done). An unreadable image gets no file
+    and a result with ``error`` set; the other images are still processed.
 
     Args:
         image_paths: images to process (see :func:`plan_pose_jobs` to skip finished ones).
         output_dir: folder for ``<stem>.txt`` pose files (created if missing).
-        num_workers: worker processes; 1 runs in this process.
+        num_workers: worker processes.
         min_visibility, min_detection_confidence, pad_square: see :class:`BlazePoseEstimator`.
 
     Raises:
-        ConfigError: ``num_workers < 1``, or mediapipe is missing.
+        ConfigError: ``num_workers < 1``, a threshold outside [0, 1], or mediapipe is missing.
     """
     if num_workers < 1:
         raise ConfigError(f"-j/--workers must be at least 1, got {num_workers}")
     paths = [os.fspath(p) for p in image_paths]
+    # Nothing to do needs no estimator, so a finished folder can be summarised from any venv.
+    check_estimator_options(min_visibility, min_detection_confidence, require_mediapipe=bool(paths))
     if not paths:
-        return
+        return iter(())
     output_dir = os.fspath(output_dir)
     mkdir_if_missing(output_dir)
     kwargs = dict(min_visibility=min_visibility, min_detection_confidence=min_detection_confidence,
                   pad_square=pad_square)
-    num_workers = min(num_workers, len(paths))
-    if num_workers == 1:
-        _init_worker(output_dir, kwargs)
+    return _run_in_workers(paths, output_dir, min(num_workers, len(paths)), kwargs)
+
+
+def _run_in_workers(paths: List[str], output_dir: str, num_workers: int,
+                    kwargs: Dict[str, Any]) -> Iterator[PoseJobResult]:
+    # spawn, not fork: a forked child would inherit the caller's threads (e.g. a progress bar's)
+    # in unknown states. Small chunks keep the progress smooth and the workers balanced.
+    chunksize = max(1, min(8, len(paths) // (4 * num_workers)))
+    with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(output_dir, kwargs)) as pool:
         try:
-            for p in paths:
-                yield _process_one(p)
-        finally:
-            _WORKER.pop("estimator").close()
-        return
-    # Fail here, with a clear message, rather than inside every worker.
-    BlazePoseEstimator(**kwargs).close()
-    # spawn: a forked child would inherit the parent's threads (tqdm's monitor) in unknown states.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(output_dir, kwargs)) as pool:
-        yield from pool.imap_unordered(_process_one, paths, chunksize=4)
+            yield from pool.map(_process_one, paths, chunksize=chunksize)
+        except BaseException:
+            # Interrupted (Ctrl-C) or a worker died: drop the queued work instead of finishing it.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 # ------------------------------------------------------------------------------------------------
