@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-val", type=float, default=None,
                    help="validation identities: a count, or a fraction if < 1 (dataset default)")
     p.add_argument("--max-iters-per-epoch", type=int, default=None, help="cap iterations (quick runs)")
+    p.add_argument("--augment", type=str, default="release", choices=["release", "flip", "none"],
+                   help="training augmentation: release = crop + erasing + flip; flip; none (quick runs)")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p

@@ -265,7 +265,7 @@ def parse_size(text: str, flag: str = "--pose-size") -> Size:
     """
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
     if not match or int(match.group(1)) <= 0 or int(match.group(2)) <= 0:
-        raise ConfigError(f"{flag} {text!r}: expected HEIGHTxWIDTH in pixels, e.g. 256x128")
+        raise ConfigError(f"{flag} {text}: expected HEIGHTxWIDTH in pixels, e.g. 256x128")
     return int(match.group(1)), int(match.group(2))
 
 

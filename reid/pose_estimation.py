@@ -19,7 +19,6 @@ Pipeline pieces, each usable on its own:
 """
 from __future__ import annotations
 
-import contextlib
 import html
 import importlib.util
 import logging
@@ -123,23 +122,6 @@ def pad_to_square(image: np.ndarray) -> Tuple[np.ndarray, int, int]:
     return padded, top, left
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null: mediapipe's C++ start-up banner bypasses Python logging."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no usable stderr: nothing to silence
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 class BlazePoseEstimator:
     """BlazePose (mediapipe 0.10.21, full landmark model) on single person crops, fully offline.
 
@@ -151,15 +133,16 @@ class BlazePoseEstimator:
         min_detection_confidence: the person detector's threshold; below it the image has no person.
         pad_square: pad each image to a centred square before estimation (coordinates are mapped
             back to the original image).
-        quiet: hide most of mediapipe's native start-up messages on stderr (they bypass Python
-            logging; its threads may still print a line later: :func:`run_pose_jobs` mutes them fully).
+
+    mediapipe's native code prints a few start-up lines straight to file descriptor 2;
+    :func:`run_pose_jobs` keeps them out of the terminal by running estimators in worker processes.
 
     Raises:
         ConfigError: mediapipe is not installed in this interpreter.
     """
 
     def __init__(self, min_visibility: float = DEFAULT_MIN_VISIBILITY, min_detection_confidence: float = 0.5,
-                 pad_square: bool = True, quiet: bool = True) -> None:
+                 pad_square: bool = True) -> None:
         check_estimator_options(min_visibility, min_detection_confidence)
         try:
             from mediapipe.python.solutions import pose as mp_pose
@@ -167,12 +150,8 @@ class BlazePoseEstimator:
             raise ConfigError(f"mediapipe is not importable here ({e}); {SETUP_HINT}") from None
         self.min_visibility = min_visibility
         self.pad_square = pad_square
-        # mediapipe's native code prints start-up messages on the first inference and a warning
-        # on the first detected person; stderr is muted during inference until that has happened.
-        self._mute_native = quiet
-        with _native_stderr_silenced() if quiet else contextlib.nullcontext():
-            self._pose = mp_pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=False,
-                                      min_detection_confidence=min_detection_confidence)
+        self._pose = mp_pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=False,
+                                  min_detection_confidence=min_detection_confidence)
 
     def estimate(self, image: Union[Image.Image, np.ndarray]) -> Optional[np.ndarray]:
         """Estimate the pose of the (single, main) person in an image.
@@ -191,11 +170,9 @@ class BlazePoseEstimator:
         top = left = 0
         if self.pad_square:
             rgb, top, left = pad_to_square(rgb)
-        with _native_stderr_silenced() if self._mute_native else contextlib.nullcontext():
-            result = self._pose.process(np.ascontiguousarray(rgb))
+        result = self._pose.process(np.ascontiguousarray(rgb))
         if result.pose_landmarks is None:
             return None
-        self._mute_native = False
         ph, pw = rgb.shape[:2]
         lm = np.array([(p.x, p.y, p.z, p.visibility) for p in result.pose_landmarks.landmark], dtype=np.float64)
         # Re-normalise from the padded square to the original image.
@@ -312,7 +289,7 @@ def _init_worker(output_dir: str, estimator_kwargs: Dict[str, Any]) -> None:
     os.dup2(devnull, 2)
     os.close(devnull)
     sys.stderr = os.fdopen(real_stderr, "w", buffering=1)
-    _WORKER["estimator"] = BlazePoseEstimator(**estimator_kwargs, quiet=False)
+    _WORKER["estimator"] = BlazePoseEstimator(**estimator_kwargs)
     _WORKER["output_dir"] = output_dir
 
 
@@ -370,6 +347,7 @@ def _run_in_workers(paths: List[str], output_dir: str, num_workers: int,
     # spawn, not fork: a forked child would inherit the caller's threads (e.g. a progress bar's)
     # in unknown states. Small chunks keep the progress smooth and the workers balanced.
     chunksize = max(1, min(8, len(paths) // (4 * num_workers)))
+    logger.debug("estimating %d poses in %d worker processes (chunks of %d)", len(paths), num_workers, chunksize)
     with ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(output_dir, kwargs)) as pool:
         try:

@@ -15,6 +15,7 @@ run finishes when run again.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
@@ -35,21 +36,22 @@ PREVIEW_NAME = "pose_preview"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Pose files (COCO-18, 'row col' per line) with BlazePose",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description="Pose files (COCO-18, 'row col' per line) with BlazePose")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset-dir", help="prepared dataset folder: reads images/, writes poses/")
     src.add_argument("--images", nargs="+", metavar="PATH", help="an image folder, or image files")
     p.add_argument("--output", help="folder for the pose files (required with --images)")
-    p.add_argument("-j", "--workers", type=int, default=1, help="worker processes")
+    p.add_argument("-j", "--workers", type=int, default=1, help="worker processes (default: 1)")
     p.add_argument("--min-visibility", type=float, default=pe.DEFAULT_MIN_VISIBILITY,
-                   help="BlazePose visibility below which a keypoint is written as missing (-1 -1)")
+                   help="BlazePose visibility below which a keypoint is written as missing (-1 -1) "
+                        "(default: %(default)s)")
     p.add_argument("--min-detection-confidence", type=float, default=0.5,
-                   help="person detector threshold; below it the image counts as 'no person'")
+                   help="person detector threshold; below it the image counts as 'no person' "
+                        "(default: %(default)s)")
     p.add_argument("--no-pad", action="store_true", help="do not pad images to a square before estimation")
     p.add_argument("--overwrite", action="store_true", help="redo images that already have a pose file")
-    p.add_argument("--preview", type=int, default=16, metavar="N", help="random images in the HTML preview (0: none)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the preview's random choice")
+    p.add_argument("--preview", type=int, default=16, metavar="N", help="random images in the HTML preview (default: 16; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the preview's random choice (default: 0)")
     return p
 
 
@@ -77,6 +79,13 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[List[str], str, str]:
     return paths, args.output, args.output
 
 
+def mediapipe_version() -> str:
+    try:
+        return importlib.metadata.version("mediapipe")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
@@ -95,7 +104,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = pe.summarize_poses(image_paths, pose_dir)
         summary.update(processed=len(todo) - len(errors), skipped_existing=len(done), unreadable=errors,
                        pose_dir=pose_dir, min_visibility=args.min_visibility,
-                       estimator="mediapipe BlazePose, full landmark model (model_complexity=1)")
+                       estimator=f"mediapipe {mediapipe_version()} BlazePose, full landmark model "
+                                 "(model_complexity=1)")
         summary_path = os.path.join(report_dir, SUMMARY_NAME)
         write_json(summary, summary_path)
         preview = pe.write_pose_preview(image_paths, pose_dir, os.path.join(report_dir, PREVIEW_NAME),
@@ -111,6 +121,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except FDGANError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished pose files are kept; run the same command again to resume", file=sys.stderr)
+        return 130
     return 0
 
 

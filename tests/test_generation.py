@@ -5,6 +5,7 @@ the release's train.py format ('module.'-prefixed plain state dicts).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -406,7 +407,7 @@ def test_run_generation_bad_input(tmp_path: Path, nets, synthetic_root: str) -> 
                        num_noise=0)
 
 
-def test_cli(tmp_path: Path, nets, synthetic_root: str) -> None:
+def test_cli(tmp_path: Path, nets, synthetic_root: str, capsys: pytest.CaptureFixture) -> None:
     files = dataset_files(synthetic_root, 3)
     out_dir = tmp_path / "cli"
     cmd = [sys.executable, SCRIPT, "--netE", str(nets["E_path"]), "--netG", str(nets["G_path"]),
@@ -420,9 +421,17 @@ def test_cli(tmp_path: Path, nets, synthetic_root: str) -> None:
         assert grid.size == ((2 * 3 + 1) * W, 2 * H)
     assert "index.html" in done.stdout
 
-    bad = subprocess.run(cmd[:-4] + ["--pose-size", "64by32", "--output", str(out_dir)], capture_output=True,
-                         text=True, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --pose-size")
-    missing = subprocess.run(cmd[:3] + [str(tmp_path / "none.pth")] + cmd[4:], capture_output=True, text=True,
-                             timeout=120)
-    assert missing.returncode == 2 and "error:" in missing.stderr and "none.pth" in missing.stderr
+    # Error paths in-process (a second interpreter start would only cost time).
+    main = load_script_main()
+    assert main(cmd[2:-4] + ["--pose-size", "64by32", "--output", str(out_dir)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --pose-size 64by32")
+    assert main(["--netE", str(tmp_path / "none.pth")] + cmd[4:]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "none.pth" in err and "not found" in err
+
+
+def load_script_main():
+    spec = importlib.util.spec_from_file_location("generate_images_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main

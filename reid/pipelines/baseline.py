@@ -53,6 +53,7 @@ class BaselineConfig:
     num_val: Optional[float] = None
     max_iters_per_epoch: Optional[int] = None
     deterministic: bool = False
+    augment: str = "release"
     progress: bool = True
 
 
@@ -88,7 +89,8 @@ def run_baseline(cfg: BaselineConfig) -> dict:
 
     train_items = dataset.trainval if cfg.combine_trainval else dataset.train
     train_loader = build_pair_loader(train_items, dataset.images_dir, cfg.height, cfg.width, cfg.batch_size,
-                                     cfg.workers, np_ratio=cfg.np_ratio, pin_memory=device.type == "cuda")
+                                     cfg.workers, np_ratio=cfg.np_ratio, pin_memory=device.type == "cuda",
+                                     augment=cfg.augment)
     param_groups = [
         {"params": model.base_model.parameters(), "lr_mult": 1.0},
         {"params": model.embed_model.parameters(), "lr_mult": 1.0},

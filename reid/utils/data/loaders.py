@@ -32,10 +32,11 @@ def build_pair_loader(
     np_ratio: int = 3,
     sampler: Optional[Sampler] = None,
     pin_memory: bool = False,
+    augment: str = "release",
 ) -> DataLoader:
     """Training pairs for Stage I: batches of ``batch_size`` (anchor, partner) pairs."""
     return DataLoader(
-        Preprocessor(items, root=images_dir, transform=build_train_transform(height, width)),
+        Preprocessor(items, root=images_dir, transform=build_train_transform(height, width, augment)),
         sampler=sampler if sampler is not None else RandomPairSampler(items, neg_pos_ratio=np_ratio),
         batch_size=batch_size,
         num_workers=workers,

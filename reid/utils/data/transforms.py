@@ -14,6 +14,8 @@ from typing import Tuple
 from PIL import Image
 from torchvision import transforms as T
 
+from reid.errors import ConfigError
+
 IMAGENET_MEAN: Tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -142,20 +144,29 @@ def normalize() -> T.Normalize:
     return T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
-def build_train_transform(height: int, width: int) -> T.Compose:
-    """baseline.py's training pipeline: random crop, random erasing, random flip, tensor, normalise.
+AUGMENT_CHOICES = ("release", "flip", "none")
+
+
+def build_train_transform(height: int, width: int, augment: str = "release") -> T.Compose:
+    """baseline.py's training pipeline.
 
     Args:
         height: output image height.
         width: output image width.
+        augment: ``release`` = random crop, random erasing, random flip (the release's pipeline);
+            ``flip`` = resize and random flip only; ``none`` = the test pipeline. The lighter ones
+            exist for short runs from random weights (the demo, the tests), which the release's
+            augmentation slows down a lot.
     """
-    return T.Compose([
-        RandomSizedRectCrop(height, width),
-        RandomSizedEarser(),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        normalize(),
-    ])
+    if augment == "release":
+        steps = [RandomSizedRectCrop(height, width), RandomSizedEarser(), T.RandomHorizontalFlip()]
+    elif augment == "flip":
+        steps = [RectScale(height, width), T.RandomHorizontalFlip()]
+    elif augment == "none":
+        steps = [RectScale(height, width)]
+    else:
+        raise ConfigError(f"--augment {augment}: expected one of {', '.join(AUGMENT_CHOICES)}")
+    return T.Compose([*steps, T.ToTensor(), normalize()])
 
 
 def build_test_transform(height: int, width: int) -> T.Compose:
