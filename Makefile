@@ -19,7 +19,8 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-test: setup
+# The pose-estimator tests run scripts/generate_poses.py in .venv-pose, so `make test` builds both.
+test: setup setup-pose
 	$(PY) -m pytest -q tests
 
 demo: setup

@@ -388,7 +388,7 @@ def visualize_ranks(
     dist2 = rerank_distances(dist1, qf, gf, model.embed_model, rerank_topk=rerank_topk, device=dev)
     stages = [
         ("first stage: Euclidean distance of the pooled features", dist1, rank_lists(dist1, query, gallery, topk)),
-        (f"second stage: top {rerank_topk} re-scored by the verification head (P(different))", dist2,
+        (f"second stage: top {min(rerank_topk, len(gallery))} re-scored by the verification head (P(different))", dist2,
          rank_lists(dist2, query, gallery, topk)),
     ]
 

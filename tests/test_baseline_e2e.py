@@ -27,8 +27,8 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(data_dir):
     logs = data_dir / "logs"
-    rc = baseline.main(COMMON + ["--data-dir", str(data_dir), "--logs-dir", str(logs), "--epochs", "4",
-                                 "--eval-step", "2", "--augment", "none", "--max-iters-per-epoch", "70",
+    rc = baseline.main(COMMON + ["--data-dir", str(data_dir), "--logs-dir", str(logs), "--epochs", "16",
+                                 "--eval-step", "5", "--augment", "none",
                                  "--rerank-topk", "75"])
     assert rc == 0
     return logs

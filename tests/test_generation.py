@@ -39,6 +39,7 @@ from reid.pipelines.common import build_siamese
 from reid.utils.data.pose import read_pose_file
 from reid.utils.data.preprocessor import generate_pose_map
 from reid.utils.data.transforms import build_test_transform
+from tests.browser import is_blank, screenshot
 from tests.conftest import REPO_ROOT
 
 H, W = 64, 32
@@ -381,6 +382,8 @@ def test_run_generation_outputs(tmp_path: Path, nets, synthetic_root: str) -> No
     assert {str(Path(f).relative_to(out_dir)) for f in result["images"]} <= set(refs)
     text = page.read_text(encoding="utf-8")
     assert '<b>"x"' not in text and "&lt;b&gt;" in text
+    shot = screenshot(page, tmp_path / "shot.png", width=800, height=600)
+    assert not is_blank(shot)
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["generator"]["fuse_mode"] == "cat" and len(manifest["images"]) == s * p * n
     assert [e["file"] for e in manifest["images"]][:2] == ["images/gen_s00_p00_z00.png", "images/gen_s00_p00_z01.png"]
