@@ -275,7 +275,8 @@ def _image_size(path: str) -> Size:
         with Image.open(path) as img:
             return img.height, img.width
     except (OSError, ValueError, SyntaxError) as e:
-        raise DatasetError(f"{path}: unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DatasetError(f"{path}: unreadable image ({detail})") from None
 
 
 def _find_image(folder: str, stem: str) -> Optional[str]:
@@ -350,16 +351,17 @@ def estimate_pose(image_path: str) -> Optional[np.ndarray]:
     Raises:
         ConfigError: the estimator (mediapipe) is not available in this environment.
     """
-    hint = ("pass pose files (.txt) instead: write them with `.venv-pose/bin/python "
-            "scripts/generate_poses.py --images IMAGE --output DIR` (mediapipe lives in .venv-pose)")
+    # .venv-pose has mediapipe but no torch, so the way out is a pose file made there.
+    hint = (f"estimating its pose needs mediapipe, which this Python lacks; pass a pose file (.txt) instead, "
+            f"made with `.venv-pose/bin/python scripts/generate_poses.py --images {image_path} --output DIR`")
     try:
         from reid.pose_estimation import BlazePoseEstimator
-    except ImportError as e:
-        raise ConfigError(f"--poses {image_path}: is an image, and pose estimation is not importable ({e}); {hint}") from None
+    except ImportError:
+        raise ConfigError(f"--poses {image_path} is an image: {hint}") from None
     try:
         estimator = BlazePoseEstimator()
-    except ConfigError as e:
-        raise ConfigError(f"--poses {image_path}: is an image, and pose estimation is unavailable ({e}); {hint}") from None
+    except ConfigError:
+        raise ConfigError(f"--poses {image_path} is an image: {hint}") from None
     with estimator:
         return estimator.estimate(read_image(image_path))
 
@@ -461,7 +463,8 @@ def load_target_pose(
 # Grid
 
 
-def make_grid(generated: np.ndarray, source_tiles: Sequence[np.ndarray], pose_tiles: Sequence[np.ndarray]) -> np.ndarray:
+def make_grid(generated: np.ndarray, source_tiles: Sequence[np.ndarray],
+              pose_tiles: Sequence[np.ndarray]) -> np.ndarray:
     """Tile sources, pose maps and generated images into one image, without gaps.
 
     Layout: ``(S + 1)`` rows x ``(P * N + 1)`` columns of H x W tiles. Row 0 holds a white
@@ -482,7 +485,8 @@ def make_grid(generated: np.ndarray, source_tiles: Sequence[np.ndarray], pose_ti
         raise ValueError(f"generated must have shape (S, P, N, H, W, 3), got {gen.shape}")
     s_count, p_count, n_count, h, w, _ = gen.shape
     if len(source_tiles) != s_count or len(pose_tiles) != p_count:
-        raise ValueError(f"{len(source_tiles)} source and {len(pose_tiles)} pose tiles for {s_count} x {p_count} images")
+        raise ValueError(
+            f"{len(source_tiles)} source and {len(pose_tiles)} pose tiles for {s_count} x {p_count} images")
     grid = np.empty(((s_count + 1) * h, (p_count * n_count + 1) * w, 3), dtype=np.uint8)
     grid[:h, :w] = _CORNER_GREY
     for p, tile in enumerate(pose_tiles):
@@ -685,6 +689,7 @@ class PoseTransfer:
         save_image(make_grid(gen, source_tiles, pose_tiles), os.path.join(out_dir, grid_rel))
 
         shown = 128  # display width of one tile in CSS pixels
+        page.add_header(title)
         page.add_header(
             f"{s_count} source(s) x {p_count} pose(s) x {n_count} noise vector(s); generator "
             f"{self.height}x{self.width}, fusion {self.config.fuse_mode}, norm {self.config.norm}"

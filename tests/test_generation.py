@@ -228,7 +228,8 @@ def test_image_target_without_estimator_is_a_clear_error(tmp_path: Path, monkeyp
     with pytest.raises(ConfigError) as info:
         load_target_pose(str(image))
     message = str(info.value)
-    assert str(image) in message and "pose files (.txt)" in message and ".venv-pose" in message
+    assert message.startswith(f"--poses {image} is an image")
+    assert "mediapipe" in message and "pose file (.txt)" in message and ".venv-pose/bin/python" in message
 
 
 def test_image_target_with_estimator_scales_from_image_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -311,9 +312,8 @@ def test_generate_is_deterministic_per_seed(transfer: PoseTransfer, synthetic_ro
     assert np.abs(one[0, 0, 0].astype(int) - a[0, 0, 1].astype(int)).max() > 10
 
 
-@pytest.mark.parametrize("fuse_mode,connect_layers,norm", [("add", 2, "instance"), ("cat", 0, "none")])
-def test_generate_other_configurations(tmp_path: Path, nets, synthetic_root: str, fuse_mode: str,
-                                       connect_layers: int, norm: str) -> None:
+def test_generate_add_fusion_skips_instance_norm(tmp_path: Path, nets, synthetic_root: str) -> None:
+    fuse_mode, connect_layers, norm = "add", 2, "instance"
     g = make_generator(fuse_mode, connect_layers, norm, seed=5)
     model = PoseTransfer(nets["E_path"], save_release(g, tmp_path / "G.pth"))
     assert (model.config.fuse_mode, model.config.connect_layers, model.config.norm) == (fuse_mode, connect_layers, norm)
@@ -388,14 +388,11 @@ def test_run_generation_outputs(tmp_path: Path, nets, synthetic_root: str) -> No
     assert manifest["generator"]["fuse_mode"] == "cat" and len(manifest["images"]) == s * p * n
     assert [e["file"] for e in manifest["images"]][:2] == ["images/gen_s00_p00_z00.png", "images/gen_s00_p00_z01.png"]
 
-    # same seed -> identical files; another seed -> different ones
+    # same seed -> byte-identical files (other seeds: test_generate_is_deterministic_per_seed)
     again = run_generation(nets["E_path"], nets["G_path"], [str(odd), files[1]], files[2:4], tmp_path / "again",
                            dataset_dir=synthetic_root, num_noise=2, seed=4)
-    other = run_generation(nets["E_path"], nets["G_path"], [str(odd), files[1]], files[2:4], tmp_path / "other",
-                           dataset_dir=synthetic_root, num_noise=2, seed=5)
-    for a, b, c in zip(result["images"], again["images"], other["images"]):
+    for a, b in zip(result["images"] + [result["grid"]], again["images"] + [again["grid"]]):
         assert Path(a).read_bytes() == Path(b).read_bytes()
-    assert any(Path(a).read_bytes() != Path(c).read_bytes() for a, c in zip(result["images"], other["images"]))
 
 
 def test_run_generation_bad_input(tmp_path: Path, nets, synthetic_root: str) -> None:

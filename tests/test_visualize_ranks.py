@@ -91,7 +91,8 @@ def test_draw_ranked_list_frames() -> None:
             assert px[x + tile_w - 1 - layout.border, y + tile_h - 1 - layout.border] == grey
     # tiles never overlap: rank 1 starts after the query, row 1 after row 0's captions
     assert layout.tile_origin(0, 1)[0] >= layout.tile_origin(0, 0)[0] + tile_w
-    assert layout.tile_origin(1, 0)[1] >= layout.tile_origin(0, 0)[1] + tile_h + layout.caption_lines * layout.line_height
+    captions = layout.caption_lines * layout.line_height
+    assert layout.tile_origin(1, 0)[1] >= layout.tile_origin(0, 0)[1] + tile_h + captions
 
 
 def test_draw_ranked_list_widens_for_long_title() -> None:
