@@ -4,6 +4,10 @@
     python baseline.py -b 256 -j 4 -d market1501 -a resnet50 --combine-trainval --lr 0.01 \
         --epochs 100 --step-size 40 --eval-step 5 --logs-dir DIR
     python baseline.py -b 256 -d market1501 -a resnet50 --evaluate --resume DIR/model_best.pth.tar
+
+Several GPUs (``-b`` is per process; see docs/distributed.md):
+
+    torchrun --nproc_per_node 4 baseline.py -b 64 ... --sync-bn
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from reid import datasets, models
 from reid.errors import FDGANError
 from reid.pipelines.baseline import BaselineConfig, run_baseline
 from reid.utils.logging import setup_logging
+from reid.utils.runtime import launcher_rank
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training augmentation: release = crop + erasing + flip; flip; none (quick runs)")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over all processes (SyncBatchNorm)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed-precision training: fp16 with loss scaling on CUDA, bf16 on CPU")
+    p.add_argument("--amp-dtype", type=str, default=None, choices=["fp16", "bf16"],
+                   help="with --amp: fp16 (CUDA default) or bf16 (the only type on CPU)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for images and weights")
     return p
 
 
@@ -71,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         log_file = os.path.join(os.path.dirname(os.path.abspath(args.resume)), "log_test.txt")
     else:
         log_file = os.path.join(args.logs_dir, "log.txt")
-    setup_logging(log_file)
+    if launcher_rank() == 0:
+        setup_logging(log_file)
+    else:  # torchrun's other processes: no log file, only warnings and errors on the console
+        setup_logging(None, level=logging.WARNING)
     log = logging.getLogger("baseline")
     log.info("Command: %s", " ".join(sys.argv))
     try:

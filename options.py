@@ -77,6 +77,14 @@ class Options:
         p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.add_argument("--dry-run", action="store_true", help="build data and networks, then stop")
+        p.add_argument("--sync-bn", action="store_true",
+                       help="under torchrun: BatchNorm statistics of G and Dp over all processes")
+        p.add_argument("--amp", action="store_true",
+                       help="mixed-precision training: fp16 with loss scaling on CUDA, bf16 on CPU")
+        p.add_argument("--amp-dtype", type=str, default=_D.amp_dtype, choices=["fp16", "bf16"],
+                       help="with --amp: fp16 (CUDA default) or bf16 (the only type on CPU)")
+        p.add_argument("--channels-last", action="store_true",
+                       help="channels-last memory format for images and weights")
         self.parser = p
 
     def parse(self, argv: Optional[Sequence[str]] = None) -> TrainConfig:

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Stages II and III of the paper: pose-guided GAN pre-training (``--stage 1``, encoder frozen) and
-global fine-tuning (``--stage 2``). See README.md for the full commands."""
+global fine-tuning (``--stage 2``). See README.md for the full commands, docs/distributed.md for
+several GPUs (``torchrun --nproc_per_node N train.py ...``)."""
 from __future__ import annotations
 
 import logging
@@ -10,15 +11,19 @@ import sys
 from options import Options
 from reid.errors import FDGANError
 from reid.utils.logging import setup_logging
+from reid.utils.runtime import launcher_rank
 
 
 def main(argv: list[str] | None = None) -> int:
     options = Options()
     cfg = options.parse(argv)
-    setup_logging(os.path.join(cfg.save_dir, "train_log.txt"))
     log = logging.getLogger("train")
-    log.info(options.format(cfg))
-    options.save(cfg)
+    if launcher_rank() == 0:
+        setup_logging(os.path.join(cfg.save_dir, "train_log.txt"))
+        log.info(options.format(cfg))
+        options.save(cfg)
+    else:  # torchrun's other processes: no files, only warnings and errors on the console
+        setup_logging(None, level=logging.WARNING)
     from fdgan.pipeline import run_training
 
     try:

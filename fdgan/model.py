@@ -5,7 +5,7 @@ import logging
 import os
 import random
 from collections import OrderedDict
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from fdgan.utils.util import posemap2im, tensor2im
 from reid.errors import ConfigError
 from reid.pipelines.common import build_siamese
 from reid.utils.osutils import atomic_write
+from reid.utils.runtime import DistributedContext, MixedPrecision, convert_sync_batchnorm, resolve_mixed_precision
 from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class FDGANModel:
         share_di_features: compute Di's backbone pass over the origin images once per update (Di's
             BatchNorm is frozen, so the numbers are those of separate passes).
         device: where the networks live.
+        mixed_precision: autocast settings of the step (``--amp``); fp16 uses ``self.scaler``.
+        channels_last: keep weights and image batches in the channels-last memory format.
     """
 
     def __init__(
@@ -79,6 +82,8 @@ class FDGANModel:
         apply_lr_mult: bool = False,
         share_di_features: bool = True,
         device: torch.device | str = "cpu",
+        mixed_precision: Optional[MixedPrecision] = None,
+        channels_last: bool = False,
     ) -> None:
         if stage not in (1, 2):
             raise ConfigError(f"--stage {stage}: expected 1 (GAN pre-training) or 2 (global fine-tuning)")
@@ -113,8 +118,15 @@ class FDGANModel:
         else:
             for name, path in zip(NET_NAMES, (netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain)):
                 self.load_network(name, path)
+        self.channels_last = channels_last
         for name in NET_NAMES:
             self.net(name).to(self.device)
+            if channels_last:
+                self.net(name).to(memory_format=torch.channels_last)
+        self.mixed_precision = mixed_precision if mixed_precision is not None else MixedPrecision()
+        self.scaler = self.mixed_precision.grad_scaler()
+        # Set by distribute(): averages the gradients of one optimiser over the processes.
+        self._grad_sync: Optional[Callable[[Iterable[torch.Tensor]], None]] = None
 
         self.criterion_gan_d = GANLoss(smooth=smooth_label).to(self.device)
         self.criterion_gan_g = GANLoss(smooth=False).to(self.device)
@@ -125,6 +137,8 @@ class FDGANModel:
     @classmethod
     def from_options(cls, opt, device: torch.device | str = "cpu") -> "FDGANModel":
         """Build from train.py's parsed options."""
+        device = torch.device(device)
+        mixed_precision = resolve_mixed_precision(getattr(opt, "amp", False), getattr(opt, "amp_dtype", None), device)
         return cls(
             stage=opt.stage, arch=opt.arch, height=opt.height, width=opt.width,
             pose_feature_size=opt.pose_feature_size, noise_feature_size=opt.noise_feature_size,
@@ -134,6 +148,7 @@ class FDGANModel:
             netE_pretrain=opt.netE_pretrain, netG_pretrain=opt.netG_pretrain,
             netDi_pretrain=opt.netDi_pretrain, netDp_pretrain=opt.netDp_pretrain,
             pretrained=not opt.no_pretrained, apply_lr_mult=opt.apply_lr_mult, device=device,
+            mixed_precision=mixed_precision, channels_last=getattr(opt, "channels_last", False),
         )
 
     # ------------------------------------------------------------------ set-up
@@ -152,6 +167,30 @@ class FDGANModel:
         state["embed_model.classifier.weight"] = state["embed_model.classifier.weight"][1:2].clone()
         state["embed_model.classifier.bias"] = state["embed_model.classifier.bias"][1:2].clone()
         copy_state_dict(state, self.net_Di, source="net_E")
+
+    def distribute(self, ctx: DistributedContext, sync_bn: bool = False) -> None:
+        """Prepare for a torchrun run: same start on every process, gradients averaged per step.
+
+        Rank 0's parameters and buffers are copied to every process, and each optimiser step is
+        preceded by an all-reduce (mean) of that optimiser's gradients. This replaces
+        DistributedDataParallel wrappers because the step calls sub-networks directly (Di's
+        backbone and head) and back-propagates G's loss through Di, whose gradients must not be
+        synchronised then (Di's optimiser discards them). ``sync_bn`` converts the BatchNorm layers
+        of G and Dp, the only ones that run in training mode; E's and Di's are frozen in eval mode
+        and stay as they are.
+
+        Args:
+            ctx: the torchrun context (a single-process context changes nothing).
+            sync_bn: synchronise G's and Dp's BatchNorm statistics over the processes.
+        """
+        if not ctx.enabled:
+            return
+        if sync_bn:
+            self.net_G = convert_sync_batchnorm(self.net_G, ctx.device)
+            self.net_Dp = convert_sync_batchnorm(self.net_Dp, ctx.device)
+        for name in NET_NAMES:
+            ctx.broadcast_module(self.net(name))
+        self._grad_sync = ctx.all_reduce_gradients
 
     def _build_optimizers(self, lr: float, apply_lr_mult: bool) -> None:
         betas = (0.5, 0.999)
@@ -200,17 +239,19 @@ class FDGANModel:
         noise = torch.randn(b, self.noise_feature_size)
         posemap2 = torch.where(pos.cpu(), first["posemap"], second["posemap"])
         target2 = torch.where(pos.cpu(), first["target"], second["target"])
-        self.origin = torch.cat([first["origin"], second["origin"]]).to(dev)
-        self.target = torch.cat([first["target"], target2]).to(dev)
-        self.posemap = torch.cat([first["posemap"], posemap2]).to(dev)
+        fmt = torch.channels_last if self.channels_last else torch.preserve_format
+        self.origin = torch.cat([first["origin"], second["origin"]]).to(dev, memory_format=fmt)
+        self.target = torch.cat([first["target"], target2]).to(dev, memory_format=fmt)
+        self.posemap = torch.cat([first["posemap"], posemap2]).to(dev, memory_format=fmt)
         self.noise = torch.cat([noise, noise]).view(2 * b, -1, 1, 1).to(dev)
         self.batch_pairs = b
 
     def forward(self) -> None:
         b = self.batch_pairs
-        f1, f2, self.id_score = self.net_E(self.origin[:b], self.origin[b:])
-        reid_feature = torch.cat([f1, f2]).view(2 * b, -1, 1, 1)
-        self.fake = self.net_G(self.posemap, reid_feature, self.noise)
+        with self.mixed_precision.autocast():
+            f1, f2, self.id_score = self.net_E(self.origin[:b], self.origin[b:])
+            reid_feature = torch.cat([f1, f2]).view(2 * b, -1, 1, 1)
+            self.fake = self.net_G(self.posemap, reid_feature, self.noise)
 
     def _di_logits(self, images: list[torch.Tensor], grad: bool) -> list[torch.Tensor]:
         """Di's logits for (origin, x) for each x in ``images``."""
@@ -232,35 +273,38 @@ class FDGANModel:
 
     def backward_Di(self) -> None:
         real_t, fake_t = self._d_targets()
-        pred_real, pred_fake = self._di_logits([self.target, self.fake.detach()], grad=True)
-        loss = 0.5 * (self.criterion_gan_d(pred_real, real_t) + self.criterion_gan_d(pred_fake, fake_t))
-        loss.backward()
+        with self.mixed_precision.autocast():
+            pred_real, pred_fake = self._di_logits([self.target, self.fake.detach()], grad=True)
+            loss = 0.5 * (self.criterion_gan_d(pred_real, real_t) + self.criterion_gan_d(pred_fake, fake_t))
+        self.scaler.scale(loss).backward()
         self.losses["D_i"] = loss.item()
 
     def backward_Dp(self) -> None:
         real_t, fake_t = self._d_targets()
-        pred_real = self.net_Dp(torch.cat([self.posemap, self.target], 1))
-        pred_fake = self.net_Dp(torch.cat([self.posemap, self.fake.detach()], 1))
-        loss = 0.5 * (self.criterion_gan_d(pred_real, real_t) + self.criterion_gan_d(pred_fake, fake_t))
-        loss.backward()
+        with self.mixed_precision.autocast():
+            pred_real = self.net_Dp(torch.cat([self.posemap, self.target], 1))
+            pred_fake = self.net_Dp(torch.cat([self.posemap, self.fake.detach()], 1))
+            loss = 0.5 * (self.criterion_gan_d(pred_real, real_t) + self.criterion_gan_d(pred_fake, fake_t))
+        self.scaler.scale(loss).backward()
         self.losses["D_p"] = loss.item()
 
     def backward_G(self) -> None:
         b = self.batch_pairs
-        (pred_di,) = self._di_logits([self.fake], grad=False)
-        pred_dp = self.net_Dp(torch.cat([self.posemap, self.fake], 1))
-        loss_gan_di = self.criterion_gan_g(pred_di, True)
-        loss_gan_dp = self.criterion_gan_g(pred_dp, True)
-        loss_r = F.l1_loss(self.fake, self.target)
-        loss_v = F.cross_entropy(self.id_score, self.label)
-        pos = self.label.bool()
-        if bool(pos.any()):
-            loss_sp = F.l1_loss(self.fake[:b][pos], self.fake[b:][pos])
-        else:
-            loss_sp = torch.zeros((), device=self.device)
-        loss = (loss_gan_di + loss_gan_dp + self.lambda_recon * loss_r + self.lambda_veri * loss_v
-                + self.lambda_sp * loss_sp)
-        loss.backward()
+        with self.mixed_precision.autocast():
+            (pred_di,) = self._di_logits([self.fake], grad=False)
+            pred_dp = self.net_Dp(torch.cat([self.posemap, self.fake], 1))
+            loss_gan_di = self.criterion_gan_g(pred_di, True)
+            loss_gan_dp = self.criterion_gan_g(pred_dp, True)
+            loss_r = F.l1_loss(self.fake, self.target)
+            loss_v = F.cross_entropy(self.id_score, self.label)
+            pos = self.label.bool()
+            if bool(pos.any()):
+                loss_sp = F.l1_loss(self.fake[:b][pos], self.fake[b:][pos])
+            else:
+                loss_sp = torch.zeros((), device=self.device)
+            loss = (loss_gan_di + loss_gan_dp + self.lambda_recon * loss_r + self.lambda_veri * loss_v
+                    + self.lambda_sp * loss_sp)
+        self.scaler.scale(loss).backward()
         self.losses.update(G_v=loss_v.item(), G_r=loss_r.item(), G_sp=loss_sp.item(),
                            G_gan_Di=loss_gan_di.item(), G_gan_Dp=loss_gan_dp.item())
 
@@ -271,7 +315,10 @@ class FDGANModel:
             opt = self.optimizers[name]
             opt.zero_grad(set_to_none=True)
             backward()
-            opt.step()
+            if self._grad_sync is not None:
+                self._grad_sync(p for group in opt.param_groups for p in group["params"])
+            self.scaler.step(opt)
+        self.scaler.update()
 
     # ------------------------------------------------------------------ reporting
     def get_current_errors(self) -> "OrderedDict[str, float]":
@@ -306,6 +353,7 @@ class FDGANModel:
             "nets": {n: self.net(n).state_dict() for n in NET_NAMES},
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
             "schedulers": [s.state_dict() for s in self.schedulers],
+            **({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
         }
 
     def load_state_dict(self, state: dict, source: str = "resume file") -> None:
@@ -316,6 +364,8 @@ class FDGANModel:
             o.load_state_dict(state["optimizers"][n])
         for s, sd in zip(self.schedulers, state["schedulers"]):
             s.load_state_dict(sd)
+        if self.scaler.is_enabled() and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def check_pretrain_files(stage: int, netE: str, netG: str, netDi: str, netDp: str, pretrained: bool = True) -> None:

@@ -18,7 +18,8 @@ from reid.errors import CheckpointError, FDGANError
 from reid.evaluation_metrics import format_results
 from reid.pipelines.common import evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results
 from reid.utils.data.loaders import build_pose_pair_loader
-from reid.utils.runtime import get_rng_state, resolve_device, seed_everything, set_rng_state
+from reid.utils.data.sampler import DistributedRandomPairSampler
+from reid.utils.runtime import DistributedContext, get_rng_state, init_distributed, seed_everything, set_rng_state
 from reid.utils.serialization import load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,10 @@ class TrainConfig:
     deterministic: bool = False
     no_progress: bool = False
     dry_run: bool = False
+    sync_bn: bool = False
+    amp: bool = False
+    amp_dtype: Optional[str] = None
+    channels_last: bool = False
 
     @property
     def save_dir(self) -> str:
@@ -93,78 +98,115 @@ class TrainConfig:
 
 
 def run_training(cfg: TrainConfig) -> dict:
-    """Run Stage II (``stage=1``) or Stage III (``stage=2``); returns the final test metrics (stage 2)."""
+    """Run Stage II (``stage=1``) or Stage III (``stage=2``); returns the final test metrics (stage 2).
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process trains on its share of each step's pairs
+    (``cfg.batch_size`` pairs per process; gradients averaged, see :meth:`FDGANModel.distribute`);
+    rank 0 alone logs, shows visuals, evaluates, writes files and returns the metrics (the other
+    processes return ``{}``).
+    """
     check_pretrain_files(cfg.stage, cfg.netE_pretrain, cfg.netG_pretrain, cfg.netDi_pretrain, cfg.netDp_pretrain,
                          pretrained=not cfg.no_pretrained)
     protocols = expand_protocols(cfg.protocol)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed, cfg.deterministic)
+    ctx = init_distributed(cfg.device)
+    try:
+        return _train(cfg, protocols, ctx)
+    finally:
+        ctx.close()
+
+
+def _train(cfg: TrainConfig, protocols: list[str], ctx: DistributedContext) -> dict:
+    device = ctx.device
+    # Different seeds per process give different noise, dropout and augmentation; the networks'
+    # starting weights are rank 0's (FDGANModel.distribute).
+    seed_everything(cfg.seed + ctx.rank, cfg.deterministic)
     dataset = load_dataset(cfg.dataset, cfg.dataroot, cfg.split, cfg.num_val, require_poses=True)
+    sampler = None
+    if ctx.enabled:
+        sampler = DistributedRandomPairSampler(dataset.trainval, 3, num_replicas=ctx.world_size, rank=ctx.rank,
+                                               batch_size=cfg.batch_size, seed=cfg.seed)
     loader = build_pose_pair_loader(
         dataset.trainval, dataset.trainval_pid2files, dataset.images_dir, dataset.poses_dir, cfg.height, cfg.width,
         cfg.batch_size, cfg.workers, pose_aug=cfg.pose_aug, pin_memory=device.type == "cuda",
+        sampler=sampler, drop_last=False if sampler is not None else None,
     )
     model = FDGANModel.from_options(cfg, device=device)
+    model.distribute(ctx, sync_bn=cfg.sync_bn)
     if cfg.dry_run:
         logger.info("Dry run: data and networks built; stopping before training")
         return {}
-    visualizer = Visualizer(
-        name=cfg.name, checkpoints_dir=cfg.checkpoints, display_id=cfg.display_id, display_port=cfg.display_port,
-        display_winsize=cfg.display_winsize, display_single_pane_ncols=cfg.display_single_pane_ncols,
-        use_html=not cfg.no_html,
-    )
+    visualizer = None
+    if ctx.is_main:
+        visualizer = Visualizer(
+            name=cfg.name, checkpoints_dir=cfg.checkpoints, display_id=cfg.display_id,
+            display_port=cfg.display_port, display_winsize=cfg.display_winsize,
+            display_single_pane_ncols=cfg.display_single_pane_ncols, use_html=not cfg.no_html,
+        )
+    progress = not cfg.no_progress and ctx.is_main
     eval_args = dict(height=cfg.height, width=cfg.width, batch_size=cfg.batch_size, workers=cfg.workers,
-                     device=device, progress=not cfg.no_progress)
+                     device=device, progress=progress)
+    # Samples per step over all processes (equal to -b in a single process).
+    step_size = cfg.batch_size * ctx.world_size
     resume_path = os.path.join(cfg.save_dir, RESUME_FILE)
     start_epoch, total_steps, best_map = 1, 0, -1.0
     if cfg.resume and os.path.isfile(resume_path):
         state = load_checkpoint(resume_path)
         model.load_state_dict(state["model"], source=resume_path)
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank")
+        if isinstance(per_rank, list) and len(per_rank) == ctx.world_size:
+            set_rng_state(per_rank[ctx.rank])
+        elif ctx.is_main:
+            set_rng_state(state["rng"])
         start_epoch, total_steps, best_map = state["epoch"] + 1, state["total_steps"], state["best_map"]
         logger.info("Resumed %s: continuing at epoch %d", resume_path, start_epoch)
     elif cfg.resume:
         logger.warning("--resume: no %s yet; starting from the beginning", resume_path)
     elif cfg.stage == 2:
-        base = evaluate_on_val(model.net_E, dataset, rerank_topk=75, dataset_name=cfg.dataset, **eval_args)
-        visualizer.log_reid("Loaded encoder before Stage III:\n" + format_results(base["second_stage"], "validation"))
+        if visualizer is not None:
+            base = evaluate_on_val(model.net_E, dataset, rerank_topk=75, dataset_name=cfg.dataset, **eval_args)
+            visualizer.log_reid("Loaded encoder before Stage III:\n"
+                                + format_results(base["second_stage"], "validation"))
+        ctx.barrier()
 
     last_epoch = cfg.niter + cfg.niter_decay
     for epoch in range(start_epoch, last_epoch + 1):
         model.train_mode()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         epoch_start, n_iters = time.time(), len(loader)
         if cfg.max_iters_per_epoch is not None:
             n_iters = min(n_iters, cfg.max_iters_per_epoch)
         bar = tqdm(total=n_iters, desc=f"Epoch {epoch}/{last_epoch}", leave=False, dynamic_ncols=True,
-                   disable=cfg.no_progress)
+                   disable=not progress)
         for i, data in enumerate(loader):
             if i >= n_iters:
                 break
             iter_start = time.time()
-            total_steps += cfg.batch_size
+            total_steps += step_size
             model.set_input(data)
             model.optimize_parameters()
-            errors = model.get_current_errors()
+            # With several processes: means over all of them, so every process sees a bad loss.
+            errors = ctx.mean_values(model.get_current_errors())
             bad = [k for k, v in errors.items() if not math.isfinite(v)]
             if bad:
                 raise NonFiniteLossError(
                     f"epoch {epoch} iteration {i}: loss {', '.join(bad)} is not finite; stopped, the last good "
                     f"checkpoint in {cfg.save_dir} is kept (lower --lr?)")
-            if total_steps % cfg.display_freq == 0:
+            if visualizer is not None and total_steps % cfg.display_freq == 0:
                 save_result = total_steps % cfg.update_html_freq == 0
                 visualizer.display_current_results(model.get_current_visuals(), epoch, save_result)
-            if total_steps % cfg.print_freq == 0:
-                t = (time.time() - iter_start) / cfg.batch_size
-                visualizer.print_current_errors(epoch, (i + 1) * cfg.batch_size, errors, t)
+            if visualizer is not None and total_steps % cfg.print_freq == 0:
+                t = (time.time() - iter_start) / step_size
+                visualizer.print_current_errors(epoch, (i + 1) * step_size, errors, t)
                 visualizer.plot_current_errors(epoch, (i + 1) / n_iters, errors)
             bar.update(1)
             bar.set_postfix(G_r=f"{errors['G_r']:.3f}", D_i=f"{errors['D_i']:.3f}", D_p=f"{errors['D_p']:.3f}")
         bar.close()
         logger.info("End of epoch %d / %d (%.0f s)", epoch, last_epoch, time.time() - epoch_start)
 
-        if epoch % cfg.save_step == 0:
+        if epoch % cfg.save_step == 0 and ctx.is_main:
             model.save(cfg.save_dir, epoch)
-        if cfg.stage == 2 and epoch % cfg.eval_step == 0:
+        if cfg.stage == 2 and epoch % cfg.eval_step == 0 and visualizer is not None:
             val = evaluate_on_val(model.net_E, dataset, rerank_topk=75, dataset_name=cfg.dataset, **eval_args)
             val_map = val["second_stage"]["mAP"]
             visualizer.log_reid(f"Epoch {epoch}:\n" + format_results(val["first_stage"], "validation, first stage")
@@ -174,10 +216,15 @@ def run_training(cfg: TrainConfig) -> dict:
                 model.save(cfg.save_dir, "best")
                 logger.info("Epoch %d: new best validation mAP %.1f%%", epoch, 100 * val_map)
         model.update_learning_rate()
-        save_checkpoint({"model": model.state_dict(), "epoch": epoch, "total_steps": total_steps,
-                         "best_map": best_map, "rng": get_rng_state(), "config": _plain(cfg)}, resume_path)
+        rng_states = ctx.all_gather_object(get_rng_state())  # also makes the others wait for rank 0
+        if ctx.is_main:
+            state = {"model": model.state_dict(), "epoch": epoch, "total_steps": total_steps,
+                     "best_map": best_map, "rng": rng_states[0], "config": _plain(cfg)}
+            if ctx.enabled:
+                state["rng_per_rank"] = rng_states
+            save_checkpoint(state, resume_path)
 
-    if cfg.stage != 2:
+    if cfg.stage != 2 or not ctx.is_main:
         return {}
     best_e = os.path.join(cfg.save_dir, "best_net_E.pth")
     if not os.path.isfile(best_e):

@@ -10,6 +10,18 @@ print ``error: <message>`` instead of a traceback.
 class FDGANError(Exception):
     """Base class of every error caused by user input."""
 
+    def __init__(self, *args: object) -> None:
+        # A DataLoader worker's error is re-raised in the main process as this class built from
+        # "Caught X in DataLoader worker process N.\nOriginal Traceback ...\n<module>.X: <message>";
+        # keep the one-line message so that the CLIs still print one line.
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught ") \
+                and "\nOriginal Traceback" in args[0]:
+            last = args[0].rstrip().splitlines()[-1]
+            prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
+            if last.startswith(prefix):
+                args = (last[len(prefix):],)
+        super().__init__(*args)
+
 
 class DatasetError(FDGANError):
     """A dataset folder, image, pose file, meta.json or splits.json is missing or malformed."""
@@ -21,3 +33,7 @@ class CheckpointError(FDGANError):
 
 class ConfigError(FDGANError):
     """An option value or argument combination is invalid."""
+
+
+class WriteError(FDGANError):
+    """An output file could not be written (disk full, no permission); the previous file is kept."""

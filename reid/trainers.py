@@ -10,9 +10,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from reid.errors import FDGANError
+from reid.errors import ConfigError, FDGANError
 from reid.evaluation_metrics import accuracy
 from reid.utils.meters import AverageMeter
+from reid.utils.runtime import DistributedContext, MixedPrecision
 
 logger = logging.getLogger(__name__)
 
@@ -22,12 +23,34 @@ class NonFiniteLossError(FDGANError):
 
 
 class BaseTrainer:
-    """One epoch over a pair loader; subclasses say how a batch becomes inputs and a loss."""
+    """One epoch over a pair loader; subclasses say how a batch becomes inputs and a loss.
 
-    def __init__(self, model: nn.Module, criterion: nn.Module, device: torch.device | str = "cpu") -> None:
+    Args:
+        model: the network (DistributedDataParallel-wrapped in a torchrun run).
+        criterion: the loss.
+        device: where inputs go.
+        mixed_precision: autocast settings (``--amp``); fp16 steps use a GradScaler (``self.scaler``).
+        channels_last: move image batches to the channels-last memory format.
+        dist: the torchrun context; with several processes the logged loss and accuracy are the
+            means over all processes (which also stop together on a non-finite loss).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        device: torch.device | str = "cpu",
+        mixed_precision: Optional[MixedPrecision] = None,
+        channels_last: bool = False,
+        dist: Optional[DistributedContext] = None,
+    ) -> None:
         self.model = model
         self.criterion = criterion
         self.device = device
+        self.mixed_precision = mixed_precision if mixed_precision is not None else MixedPrecision()
+        self.scaler = self.mixed_precision.grad_scaler()
+        self.channels_last = channels_last
+        self.dist = dist if dist is not None else DistributedContext()
 
     def train(
         self,
@@ -51,19 +74,37 @@ class BaseTrainer:
             if max_iters is not None and i >= max_iters:
                 break
             model_inputs, targets = self._parse_data(inputs)
-            loss, prec = self._forward(model_inputs, targets)
-            if not math.isfinite(loss.item()):
-                raise NonFiniteLossError(f"epoch {epoch} iteration {i}: the training loss is {loss.item()}")
+            if targets.size(0) < 2:  # the verification head's BatchNorm1d cannot train on one pair
+                raise ConfigError(f"epoch {epoch}: a training batch of {targets.size(0)} pair; -b/--batch-size "
+                                  "must be at least 2 (and the training set hold 2 or more pairs)")
+            with self.mixed_precision.autocast():
+                loss, prec = self._forward(model_inputs, targets)
+            loss_value, prec = self._reduce(loss, prec)
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(f"epoch {epoch} iteration {i}: the training loss is {loss_value}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = targets.size(0)
-            losses.update(loss.item(), n)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            n = targets.size(0) * self.dist.world_size
+            losses.update(loss_value, n)
             precisions.update(prec, n)
             bar.set_postfix(loss=f"{losses.avg:.3f}", prec=f"{precisions.avg:.2%}")
         bar.close()
         logger.info("Epoch %d: loss %.4f, pair accuracy %.2f%%", epoch, losses.avg, 100 * precisions.avg)
         return {"loss": losses.avg, "prec": precisions.avg}
+
+    def _reduce(self, loss: torch.Tensor, prec: float) -> tuple[float, float]:
+        """Loss and accuracy of this step, averaged over the processes of a torchrun run."""
+        if not self.dist.enabled:
+            return loss.item(), prec
+        values = self.dist.mean_values({"loss": loss.item(), "prec": prec})
+        return values["loss"], values["prec"]
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            return images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        return images.to(self.device, non_blocking=True)
 
     def _parse_data(self, inputs):  # pragma: no cover - interface
         raise NotImplementedError
@@ -78,7 +119,7 @@ class SiameseTrainer(BaseTrainer):
     def _parse_data(self, inputs):
         (imgs1, _, pids1, _), (imgs2, _, pids2, _) = inputs
         targets = (pids1 == pids2).long().to(self.device)
-        return (imgs1.to(self.device, non_blocking=True), imgs2.to(self.device, non_blocking=True)), targets
+        return (self._to_device(imgs1), self._to_device(imgs2)), targets
 
     def _forward(self, inputs, targets):
         _, _, logits = self.model(*inputs)

@@ -8,6 +8,7 @@ from reid.evaluation_metrics.ranking import (
     format_results,
     mean_ap,
 )
+from reid.evaluation_metrics.streaming import evaluate_features_streaming
 
 __all__ = [
     "CMC_CONFIGS",

@@ -16,7 +16,11 @@ from reid.pipelines.common import (
 )
 from reid.trainers import SiameseTrainer
 from reid.utils.data.loaders import build_pair_loader
-from reid.utils.runtime import get_rng_state, resolve_device, seed_everything, set_rng_state
+from reid.utils.data.sampler import DistributedRandomPairSampler
+from reid.utils.runtime import (
+    DistributedContext, convert_sync_batchnorm, get_rng_state, init_distributed, resolve_mixed_precision,
+    seed_everything, set_rng_state,
+)
 from reid.utils.serialization import copy_state_dict, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -55,6 +59,10 @@ class BaselineConfig:
     deterministic: bool = False
     augment: str = "release"
     progress: bool = True
+    sync_bn: bool = False
+    amp: bool = False
+    amp_dtype: Optional[str] = None
+    channels_last: bool = False
 
 
 def with_module_prefix(model: nn.Module) -> dict:
@@ -63,20 +71,48 @@ def with_module_prefix(model: nn.Module) -> dict:
     return {f"module.{k}": v for k, v in net.state_dict().items()}
 
 
+def freeze_unused_fc(model: nn.Module) -> nn.Module:
+    """Stop tracking gradients of the backbone's ``base.fc``, which a backbone cut at pooling keeps
+    (for the release's key names) but never runs; DistributedDataParallel would otherwise wait for
+    its gradients. Nothing else changes: that layer never had a gradient, so SGD never moved it."""
+    base = getattr(model, "base_model", None)
+    if getattr(base, "cut_at_pooling", False) and hasattr(getattr(base, "base", None), "fc"):
+        base.base.fc.requires_grad_(False)
+    return model
+
+
 def run_baseline(cfg: BaselineConfig) -> dict:
-    """Train (or with ``cfg.evaluate`` only evaluate) the Stage I baseline; returns the test metrics."""
+    """Train (or with ``cfg.evaluate`` only evaluate) the Stage I baseline; returns the test metrics.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process trains on its share of each step's pairs
+    (``cfg.batch_size`` pairs per process) with DistributedDataParallel; rank 0 alone evaluates,
+    writes files and returns the metrics (the other processes return ``{}``).
+    """
     if cfg.evaluate and not cfg.resume:
         raise ConfigError("--evaluate needs --resume PATH of the checkpoint to evaluate")
     protocols = expand_protocols(cfg.protocol)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed, cfg.deterministic)
+    ctx = init_distributed(cfg.device)
+    try:
+        return _run(cfg, protocols, ctx)
+    finally:
+        ctx.close()
+
+
+def _run(cfg: BaselineConfig, protocols: list[str], ctx: DistributedContext) -> dict:
+    device = ctx.device
+    mixed_precision = resolve_mixed_precision(cfg.amp, cfg.amp_dtype, device)
+    # Different seeds per process give different augmentations; DDP copies rank 0's weights.
+    seed_everything(cfg.seed + ctx.rank, cfg.deterministic)
     dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.num_val, protocol=protocols[0])
     model = build_siamese(cfg.arch, pretrained=cfg.pretrained and not cfg.resume, num_classes=2).to(device)
+    progress = cfg.progress and ctx.is_main
     eval_kwargs = dict(dataset_name=cfg.dataset, data_dir=cfg.data_dir, split_id=cfg.split, protocols=protocols,
                        height=cfg.height, width=cfg.width, batch_size=cfg.batch_size, workers=cfg.workers,
-                       device=device, num_val=cfg.num_val, progress=cfg.progress)
+                       device=device, num_val=cfg.num_val, progress=progress)
 
     if cfg.evaluate:
+        if not ctx.is_main:
+            return {}
         checkpoint = load_checkpoint(cfg.resume)
         copy_state_dict(checkpoint, model, source=cfg.resume)
         topk = cfg.rerank_topk if cfg.rerank_topk is not None else 100
@@ -88,21 +124,35 @@ def run_baseline(cfg: BaselineConfig) -> dict:
         return results
 
     train_items = dataset.trainval if cfg.combine_trainval else dataset.train
+    sampler = None
+    if ctx.enabled:
+        sampler = DistributedRandomPairSampler(train_items, cfg.np_ratio, num_replicas=ctx.world_size,
+                                               rank=ctx.rank, batch_size=cfg.batch_size, seed=cfg.seed)
     train_loader = build_pair_loader(train_items, dataset.images_dir, cfg.height, cfg.width, cfg.batch_size,
                                      cfg.workers, np_ratio=cfg.np_ratio, pin_memory=device.type == "cuda",
-                                     augment=cfg.augment)
+                                     augment=cfg.augment, sampler=sampler,
+                                     drop_last=False if sampler is not None else None)
+    if ctx.enabled:
+        freeze_unused_fc(model)
+        if cfg.sync_bn:
+            model = convert_sync_batchnorm(model, device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     param_groups = [
         {"params": model.base_model.parameters(), "lr_mult": 1.0},
         {"params": model.embed_model.parameters(), "lr_mult": 1.0},
     ]
     optimizer = torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    trainer = SiameseTrainer(model, nn.CrossEntropyLoss().to(device), device=device)
+    # DDP wraps the same modules, so ``model`` below is what evaluation and checkpoints use.
+    trainer = SiameseTrainer(ctx.wrap(model), nn.CrossEntropyLoss().to(device), device=device,
+                             mixed_precision=mixed_precision, channels_last=cfg.channels_last, dist=ctx)
+    scaler = trainer.scaler
 
     start_epoch, best_map = 0, -1.0
     ckpt_path = os.path.join(cfg.logs_dir, "checkpoint.pth.tar")
     best_path = os.path.join(cfg.logs_dir, "model_best.pth.tar")
     if cfg.resume:
-        start_epoch, best_map = _resume(cfg.resume, model, optimizer)
+        start_epoch, best_map = _resume(cfg.resume, model, optimizer, scaler, ctx)
         if start_epoch >= cfg.epochs:
             logger.info("%s already finished %d epochs; going straight to the final test", cfg.resume, cfg.epochs)
 
@@ -110,27 +160,38 @@ def run_baseline(cfg: BaselineConfig) -> dict:
         lr = cfg.lr * (0.1 ** (epoch // cfg.step_size))
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
-        trainer.train(epoch, train_loader, optimizer, max_iters=cfg.max_iters_per_epoch, progress=cfg.progress)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        trainer.train(epoch, train_loader, optimizer, max_iters=cfg.max_iters_per_epoch, progress=progress)
         is_best = False
-        if epoch % cfg.eval_step == 0 or epoch == cfg.epochs - 1:
+        if (epoch % cfg.eval_step == 0 or epoch == cfg.epochs - 1) and ctx.is_main:
             val = evaluate_on_val(model, dataset, cfg.height, cfg.width, cfg.batch_size, cfg.workers,
                                   rerank_topk=75, device=device, dataset_name=cfg.dataset,
-                                  progress=cfg.progress)
+                                  progress=progress)
             val_map = val["second_stage"]["mAP"]
             is_best = val_map > best_map
             best_map = max(best_map, val_map)
             logger.info("Epoch %d: validation mAP %.1f%% (best %.1f%%)%s", epoch, 100 * val_map,
                         100 * best_map, " *" if is_best else "")
+        rng_states = ctx.all_gather_object(get_rng_state())  # also makes the others wait for rank 0
+        if not ctx.is_main:
+            continue
         state = {
             "state_dict": with_module_prefix(model),
             "epoch": epoch,
             "best_map": best_map,
             "optimizer": optimizer.state_dict(),
-            "rng": get_rng_state(),
+            "rng": rng_states[0],
             "config": {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))},
         }
+        if ctx.enabled:
+            state["rng_per_rank"] = rng_states
+        if scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
         save_checkpoint(state, ckpt_path, is_best=is_best)
 
+    if not ctx.is_main:
+        return {}
     if not os.path.isfile(best_path):
         raise CheckpointError(f"{best_path}: no best model was saved (did training run any epoch?)")
     copy_state_dict(load_checkpoint(best_path), model, source=best_path)
@@ -143,8 +204,14 @@ def run_baseline(cfg: BaselineConfig) -> dict:
     return results
 
 
-def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
-    """Load weights from ``path``; if it is a training state, also the optimiser, epoch and RNGs."""
+def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: Optional["torch.amp.GradScaler"] = None,
+            ctx: Optional[DistributedContext] = None) -> tuple[int, float]:
+    """Load weights from ``path``; if it is a training state, also the optimiser, epoch, RNGs and
+    the fp16 loss scale. In a torchrun run each process restores its own RNG state when the file
+    holds one per process of the same count; otherwise rank 0 restores the saved one and the other
+    processes keep their fresh seeds."""
+    ctx = ctx if ctx is not None else DistributedContext()
     checkpoint = load_checkpoint(path)
     copy_state_dict(checkpoint, model, source=path)
     if not (isinstance(checkpoint, dict) and "epoch" in checkpoint and "optimizer" in checkpoint):
@@ -154,8 +221,13 @@ def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> tu
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: optimizer state does not fit this model ({e})") from None
-    if "rng" in checkpoint:
+    per_rank = checkpoint.get("rng_per_rank")
+    if isinstance(per_rank, list) and len(per_rank) == ctx.world_size:
+        set_rng_state(per_rank[ctx.rank])
+    elif "rng" in checkpoint and ctx.is_main:
         set_rng_state(checkpoint["rng"])
+    if scaler is not None and scaler.is_enabled() and "scaler" in checkpoint:
+        scaler.load_state_dict(checkpoint["scaler"])
     epoch = int(checkpoint["epoch"]) + 1
     best = float(checkpoint.get("best_map", -1.0))
     logger.info("Resumed %s: continuing at epoch %d (best validation mAP %.1f%%)", path, epoch, 100 * max(best, 0))

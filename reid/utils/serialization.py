@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import warnings
 import zipfile
 from collections import OrderedDict
 from typing import Any, Mapping
@@ -22,6 +23,8 @@ from reid.errors import CheckpointError
 from reid.utils.osutils import PathLike, atomic_write
 
 _PREFIXES = ("module.", "_orig_mod.")
+# Lines of torch's weights_only error that give advice rather than say what was refused.
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
 def load_checkpoint(fpath: PathLike, map_location: Any = "cpu") -> Any:
@@ -35,16 +38,36 @@ def load_checkpoint(fpath: PathLike, map_location: Any = "cpu") -> Any:
     if not os.path.isfile(fpath):
         raise CheckpointError(f"{fpath}: checkpoint file not found")
     try:
-        return torch.load(fpath, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # Files pickled with protocol > 2 draw a UserWarning; the unpickler below decides anyway.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(fpath, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-        raise CheckpointError(
-            f"{fpath}: refused to load: the file holds objects other than tensors and plain "
-            f"containers, which could run code on load ({first})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        # torch's message opens with advice to pass weights_only=False (which would run the code);
+        # report the sentence that says what was refused instead.
+        reason = _refusal_reason(str(e))
+        if "GLOBAL" in reason:
+            raise CheckpointError(
+                f"{fpath}: refused to load: the file holds objects other than tensors and plain "
+                f"containers, which could run code on load ({reason})"
+            ) from None
+        raise CheckpointError(f"{fpath}: not a readable checkpoint (truncated, corrupt, or holding objects "
+                              f"other than tensors and plain containers): {reason}") from None
+    except Exception as e:  # noqa: BLE001 - whatever a damaged file makes the unpickler raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{fpath}: not a readable checkpoint (truncated or corrupt?): {msg}") from None
+
+
+def _refusal_reason(text: str) -> str:
+    """The sentence of torch's weights_only error that names what it refused."""
+    for line in text.splitlines():
+        i = line.find("nsupported")
+        if i >= 1:
+            start = line.rfind(": ", 0, i)  # drop a "WeightsUnpickler error: " lead
+            sentence = line[start + 2 if start >= 0 else 0:].strip()
+            return sentence.split(". ")[0].rstrip(".")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(_TORCH_ADVICE)]
+    return lines[0] if lines else "unsupported content"
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":

@@ -33,15 +33,22 @@ def build_pair_loader(
     sampler: Optional[Sampler] = None,
     pin_memory: bool = False,
     augment: str = "release",
+    drop_last: Optional[bool] = None,
 ) -> DataLoader:
-    """Training pairs for Stage I: batches of ``batch_size`` (anchor, partner) pairs."""
+    """Training pairs for Stage I: batches of ``batch_size`` (anchor, partner) pairs.
+
+    ``drop_last`` None drops an incomplete last batch unless it is the only one; pass False with a
+    sampler that yields whole batches itself (:class:`DistributedRandomPairSampler`).
+    """
+    if drop_last is None:
+        drop_last = len(items) * (1 + np_ratio) > batch_size  # a 1-pair last batch breaks BatchNorm1d
     return DataLoader(
         Preprocessor(items, root=images_dir, transform=build_train_transform(height, width, augment)),
         sampler=sampler if sampler is not None else RandomPairSampler(items, neg_pos_ratio=np_ratio),
         batch_size=batch_size,
         num_workers=workers,
         pin_memory=pin_memory,
-        drop_last=len(items) * (1 + np_ratio) > batch_size,  # a 1-pair last batch breaks BatchNorm1d
+        drop_last=drop_last,
         worker_init_fn=worker_init_fn,
     )
 
@@ -74,8 +81,12 @@ def build_pose_pair_loader(
     np_ratio: int = 3,
     sampler: Optional[Sampler] = None,
     pin_memory: bool = False,
+    drop_last: Optional[bool] = None,
 ) -> DataLoader:
-    """Pose-guided training pairs for Stages II and III (spec section 2)."""
+    """Pose-guided training pairs for Stages II and III (spec section 2); ``drop_last`` as in
+    :func:`build_pair_loader`."""
+    if drop_last is None:
+        drop_last = len(items) * (1 + np_ratio) > batch_size
     dataset = Preprocessor(
         list(items), root=images_dir, with_pose=True, pose_root=poses_dir, pid_imgs=pid_imgs,
         height=height, width=width, pose_aug=pose_aug,
@@ -86,7 +97,7 @@ def build_pose_pair_loader(
         batch_size=batch_size,
         num_workers=workers,
         pin_memory=pin_memory,
-        drop_last=len(items) * (1 + np_ratio) > batch_size,
+        drop_last=drop_last,
         worker_init_fn=worker_init_fn,
     )
 

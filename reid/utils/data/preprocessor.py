@@ -196,7 +196,7 @@ class Preprocessor(TorchDataset):
         """Scale (row, col) from an ``img_h`` x ``img_w`` image to the output size; truncate to int."""
         scaled = np.full(landmarks.shape, -1, dtype=np.int64)
         present = (landmarks[:, 0] >= 0) & (landmarks[:, 1] >= 0)
-        lm = landmarks.astype(np.float64)
+        lm = np.minimum(landmarks.astype(np.float64), 2.0 ** 40)  # absurd values stay far outside, castable
         scaled[present, 0] = (lm[present, 0] * (self.height / img_h)).astype(np.int64)
         scaled[present, 1] = (lm[present, 1] * (self.width / img_w)).astype(np.int64)
         return scaled

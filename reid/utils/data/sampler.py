@@ -95,3 +95,67 @@ class RandomPairSampler(Sampler[Tuple[int, int]]):
         if self.num_samples == 0:
             return iter(())
         return (tuple(pair) for pair in self._epoch_pairs().tolist())
+
+
+class DistributedRandomPairSampler(Sampler[Tuple[int, int]]):
+    """One process's share of a :class:`RandomPairSampler` epoch, for torchrun runs.
+
+    Every process draws the same epoch of pairs from a generator seeded with ``seed + epoch``
+    (call :meth:`set_epoch` before each epoch) and takes whole blocks of it: in step ``k``,
+    process ``r`` of ``W`` gets pairs ``[(k*W + r)*B, (k*W + r + 1)*B)`` of the epoch, with
+    ``B = batch_size``. The ``W`` per-process batches of a step, concatenated in rank order, are
+    therefore exactly that step's batch of a single process drawing batches of ``W*B`` from
+    ``RandomPairSampler(data_source, neg_pos_ratio, generator=torch.Generator().manual_seed(seed +
+    epoch))``, and each per-process batch keeps the release's mix (one positive then
+    ``neg_pos_ratio`` negatives per anchor) rather than one process getting all positives.
+
+    Only whole global batches are used; the incomplete last one is dropped, as the single-process
+    loader drops its last batch. An epoch with fewer than ``W*B`` pairs gives each process one
+    batch of ``L // W`` pairs (``L`` pairs in the epoch). Use it with ``drop_last=False``.
+
+    Args:
+        data_source: the samples, each ``(fname, label, cam)``.
+        neg_pos_ratio: negatives per positive.
+        num_replicas: number of processes ``W``.
+        rank: this process's rank ``r``.
+        batch_size: pairs per process and step ``B``.
+        seed: the seed shared by all processes.
+
+    Raises:
+        ConfigError: invalid sizes, or fewer pairs in an epoch than processes.
+    """
+
+    def __init__(self, data_source: Sequence[Tuple[Any, Any, Any]], neg_pos_ratio: int = 1, num_replicas: int = 1,
+                 rank: int = 0, batch_size: int = 1, seed: int = 0) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ConfigError(f"rank {rank} of {num_replicas} processes is not a valid process")
+        if batch_size < 1:
+            raise ConfigError(f"-b must be at least 1, got {batch_size}")
+        self._generator = torch.Generator()
+        self._pairs = RandomPairSampler(data_source, neg_pos_ratio, generator=self._generator)
+        self.num_replicas, self.rank, self.batch_size, self.seed = num_replicas, rank, batch_size, int(seed)
+        self.epoch = 0
+        total = len(self._pairs)
+        if total >= num_replicas * batch_size:
+            self._chunk, self._steps = batch_size, total // (num_replicas * batch_size)
+        else:
+            self._chunk = total // num_replicas
+            self._steps = 1 if self._chunk > 0 else 0
+            if total > 0 and self._chunk == 0:
+                raise ConfigError(f"{total} training pairs cannot be shared among {num_replicas} processes")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose pairs :meth:`__iter__` yields (the same on every process)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self._steps * self._chunk
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        if len(self) == 0:
+            return iter(())
+        self._generator.manual_seed(self.seed + self.epoch)
+        pairs = self._pairs._epoch_pairs()
+        starts = (torch.arange(self._steps) * self.num_replicas + self.rank) * self._chunk
+        index = (starts.unsqueeze(1) + torch.arange(self._chunk).unsqueeze(0)).reshape(-1)
+        return (tuple(pair) for pair in pairs[index].tolist())

@@ -158,6 +158,7 @@ def build_train_transform(height: int, width: int, augment: str = "release") -> 
             exist for short runs from random weights (the demo, the tests), which the release's
             augmentation slows down a lot.
     """
+    _check_size(height, width)
     if augment == "release":
         steps = [RandomSizedRectCrop(height, width), RandomSizedEarser(), T.RandomHorizontalFlip()]
     elif augment == "flip":
@@ -176,4 +177,10 @@ def build_test_transform(height: int, width: int) -> T.Compose:
         height: output image height.
         width: output image width.
     """
+    _check_size(height, width)
     return T.Compose([RectScale(height, width), T.ToTensor(), normalize()])
+
+
+def _check_size(height: int, width: int) -> None:
+    if not (height > 0 and width > 0):
+        raise ConfigError(f"--height {height} --width {width}: the image size must be positive")
