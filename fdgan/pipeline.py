@@ -130,6 +130,8 @@ def _train(cfg: TrainConfig, protocols: list[str], ctx: DistributedContext) -> d
         cfg.batch_size, cfg.workers, pose_aug=cfg.pose_aug, pin_memory=device.type == "cuda",
         sampler=sampler, drop_last=False if sampler is not None else None,
     )
+    if cfg.sync_bn and not ctx.enabled:
+        logger.info("--sync-bn: a single process, nothing to synchronise")
     model = FDGANModel.from_options(cfg, device=device)
     model.distribute(ctx, sync_bn=cfg.sync_bn)
     if cfg.dry_run:

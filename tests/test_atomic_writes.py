@@ -35,7 +35,6 @@ import baseline
 import train
 from conftest import REPO_ROOT
 from reid.errors import WriteError
-from reid.utils import osutils
 from reid.utils.osutils import atomic_write, atomic_write_text, write_json
 from reid.utils.serialization import load_checkpoint, save_checkpoint
 
@@ -457,7 +456,7 @@ class _Scanner(ast.NodeVisitor):
                 self._flag(node, func)
         elif last == "FileHandler":
             self._flag(node, "FileHandler")
-        elif last == "save" and isinstance(node.func, ast.Attribute) and _pil_style(node):
+        elif last in ("save", "savefig") and isinstance(node.func, ast.Attribute) and _pil_style(node):
             # PIL's Image.save(fp[, "PNG"], format=...); the project's own save methods take no
             # argument (HTML.save) or a folder and a label (FDGANModel.save) and write atomically.
             if not self._ok_target(first_arg):
@@ -491,7 +490,7 @@ def test_the_source_scan_catches_plain_writes() -> None:
     """The scanner flags each way of writing a file directly, and accepts the atomic patterns."""
     bad = '''
 import torch, h5py, numpy as np
-def f(path, img, state):
+def f(path, img, state, fig):
     with open(path, "w") as fh:
         fh.write("x")
     open(path, mode="ab").close()
@@ -500,6 +499,7 @@ def f(path, img, state):
     h5py.File(path, "w")
     np.save(path, state)
     path.write_text("x")
+    fig.savefig(path)
 '''
     good = '''
 import io, os, tempfile, torch
@@ -522,7 +522,7 @@ def h(path, state):
     s = _Scanner("x.py")
     s.visit(ast.parse(bad))
     assert [o.split(": ", 1)[1] for o in s.offenders] == [
-        "open", "open", "torch.save", "img.save", "h5py.File", "np.save", "path.write_text"]
+        "open", "open", "torch.save", "img.save", "h5py.File", "np.save", "path.write_text", "fig.savefig"]
     s = _Scanner("x.py")
     s.visit(ast.parse(good))
     assert s.offenders == []

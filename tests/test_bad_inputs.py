@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 from urllib.parse import unquote
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -150,7 +149,8 @@ def test_missing_poses_folder_for_train(data: Path, capsys) -> None:
     root = data / "synthetic"
     shutil.rmtree(root / "poses")
     msg = cli_error(train.main, train_argv(data, data / "ck"), capsys)
-    assert msg == f"{root / 'poses'}: missing (FD-GAN training needs pose files); re-create the dataset with: {hint(root)}"
+    assert msg == (f"{root / 'poses'}: missing (FD-GAN training needs pose files); re-create the dataset with: "
+                   f"{hint(root)}")
 
 
 def test_meta_json_not_json(data: Path, capsys) -> None:
@@ -392,7 +392,8 @@ def test_checkpoint_of_the_wrong_network(data: Path, capsys) -> None:
     """A Stage II pose discriminator file given where a Siamese E belongs, in both CLIs."""
     wrong = data / "3_net_Dp.pth"
     torch.save({f"module.{k}": v for k, v in NLayerDiscriminator(21).state_dict().items()}, wrong)
-    prefix = f"{wrong}: does not fit SiameseNet (wrong network or options?): missing keys [base_model.base.conv1.weight, "
+    prefix = (f"{wrong}: does not fit SiameseNet (wrong network or options?): missing keys "
+              "[base_model.base.conv1.weight, ")
     msg = cli_error(baseline.main, base_argv(data, data / "logs", "--evaluate", "--resume", str(wrong)), capsys)
     assert msg.startswith(prefix) and "; unexpected keys [model.0.weight, " in msg
     msg = cli_error(train.main, train_argv(data, data / "ck", "--netE-pretrain", str(wrong)), capsys)
@@ -473,7 +474,8 @@ def test_crafted_checkpoints_are_refused_without_running_code(tmp_path: Path) ->
         assert "weights_only" not in msg, kind  # no advice to switch the check off
         assert not marker.exists(), kind
         outcomes[kind] = msg[len(f"{path}: "):]
-    code = "refused to load: the file holds objects other than tensors and plain containers, which could run code on load"
+    code = ("refused to load: the file holds objects other than tensors and plain containers, which could run code "
+            "on load")
     blocked = f"{code} (Trying to load unsupported GLOBAL posix.system whose module posix is blocked)"
     # torch's unpickler refuses the callable by name; for protocol 0's dict opcode and the framing
     # of protocols 4 and 5 it stops even earlier, at an opcode it does not know.
@@ -588,3 +590,27 @@ def test_ranked_list_page_escapes_image_names_and_captions(tmp_path: Path) -> No
     assert (page.parent / unquote(parser.srcs[0])).is_file()
     shown = "".join(parser.text)
     assert caption in shown and "ranks <b>x</b>" in shown and "note <i>y</i>" in shown
+
+
+def test_report_page_escapes_names_captions_and_cells(tmp_path: Path) -> None:
+    """The demo's report page (reid/report.py): picture and link names with markup are quoted in
+    the links and escaped in the text, table cells and notes are escaped."""
+    from reid.report import write_report
+
+    name = 'cmc <b>"x"<b> #1?%.png'  # no '/': it is one file name
+    Image.new("RGB", (8, 8)).save(tmp_path / name)
+    page = Path(write_report(str(tmp_path), "report <script>x</script>", rows=[["<i>E</i>", "openreid", "1", "2"]],
+                             images=[("caption <u>c</u>", name)], links=[("log <em>l</em>", name)],
+                             notes=["note <s>n</s>"]))
+    text = page.read_text(encoding="utf-8")
+    for raw in ("<script>", "<b>", "<i>E", "<u>", "<em>", "<s>"):
+        assert raw not in text
+    parser = _Page()
+    parser.feed(text)
+    assert [unquote(s) for s in parser.srcs] == [name]
+    assert (tmp_path / unquote(parser.srcs[0])).is_file()
+    shown = "".join(parser.text)
+    for visible in ("report <script>x</script>", "<i>E</i>", "caption <u>c</u>", "log <em>l</em>", "note <s>n</s>"):
+        assert visible in shown
+    hrefs = re.findall(r'href="([^"]+)"', text)
+    assert [unquote(h) for h in hrefs] == [name]

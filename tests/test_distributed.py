@@ -268,11 +268,13 @@ def _torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProces
 
 
 def test_torchrun_baseline_cli_writes_release_files_once(synthetic_root, tmp_path):
+    # With --sync-bn --amp --channels-last: the flags' way through the CLI (bf16 on CPU).
     logs = tmp_path / "logs"
     _torchrun(["baseline.py", "-d", "synthetic", "--data-dir", os.path.dirname(synthetic_root),
                "--logs-dir", str(logs), "-a", "resnet18", "--no-pretrained", "--height", str(H), "--width", str(W),
                "-b", "4", "-j", "0", "--epochs", "1", "--max-iters-per-epoch", "2", "--eval-step", "1",
-               "--rerank-topk", "5", "--augment", "none", "--no-progress", "--device", "cpu", "--sync-bn"])
+               "--rerank-topk", "5", "--augment", "none", "--no-progress", "--device", "cpu", "--sync-bn", "--amp",
+               "--channels-last"])
     ckpt = load_checkpoint(logs / "checkpoint.pth.tar")
     keys = list(ckpt["state_dict"])
     assert all(k.startswith("module.") and not k.startswith("module.module.") for k in keys)
@@ -290,9 +292,10 @@ def test_torchrun_train_cli_saves_release_files_once(synthetic_root, tmp_path):
                "--arch", "resnet18", "--height", str(H), "--width", str(W), "--pose-feature-size", "8",
                "--noise-feature-size", "8", "-b", "2", "-j", "0", "--niter", "1", "--niter-decay", "0",
                "--max-iters-per-epoch", "2", "--save-step", "1", "--display-id", "0", "--print-freq", "4",
-               "--display-freq", "4", "--update-html-freq", "4", "--no-progress", "--device", "cpu", "--sync-bn"])
+               "--display-freq", "4", "--update-html-freq", "4", "--no-progress", "--device", "cpu", "--sync-bn",
+               "--amp", "--amp-dtype", "bf16", "--channels-last"])
     run = tmp_path / "ddp"
-    plain = FDGANModel(stage=1, **{**FDGAN, "noise_feature_size": 8})
+    plain = FDGANModel(stage=1, **FDGAN)
     for name in NET_NAMES:
         saved = torch.load(run / f"1_net_{name}.pth", weights_only=True)
         assert list(saved) == ["module." + k for k in plain.net(name).state_dict()], name
@@ -301,4 +304,6 @@ def test_torchrun_train_cli_saves_release_files_once(synthetic_root, tmp_path):
     assert iters == ["4", "8"]
     latest = load_checkpoint(run / "latest.pth")
     assert latest["total_steps"] == 8 and len(latest["rng_per_rank"]) == 2
-    assert (run / "opt.txt").read_text().count("sync_bn: True") == 1
+    opt = (run / "opt.txt").read_text()
+    assert "sync_bn: True" in opt and "amp_dtype: bf16" in opt and "channels_last: True" in opt
+    assert len(list((run / "web" / "images").glob("epoch001_*.png"))) == 4

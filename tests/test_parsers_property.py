@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import pickle
 import tempfile
 from pathlib import Path
@@ -163,7 +162,8 @@ def _dataset_root(scratch: Path, meta: bytes, splits: bytes) -> Path:
 
 
 GOOD_SPLITS = json.dumps([{"trainval": [0, 1, 2], "query": [3], "gallery": [3, 4]}]).encode()
-GOOD_META = json.dumps({"num_cameras": 2, "identities": [[[f"{p}_{c}.jpg"] for c in range(2)] for p in range(5)]}).encode()
+GOOD_META = json.dumps({"num_cameras": 2,
+                        "identities": [[[f"{p}_{c}.jpg"] for c in range(2)] for p in range(5)]}).encode()
 
 
 @SETTINGS

@@ -132,6 +132,8 @@ def _run(cfg: BaselineConfig, protocols: list[str], ctx: DistributedContext) -> 
                                      cfg.workers, np_ratio=cfg.np_ratio, pin_memory=device.type == "cuda",
                                      augment=cfg.augment, sampler=sampler,
                                      drop_last=False if sampler is not None else None)
+    if cfg.sync_bn and not ctx.enabled:
+        logger.info("--sync-bn: a single process, nothing to synchronise")
     if ctx.enabled:
         freeze_unused_fc(model)
         if cfg.sync_bn:

@@ -1,0 +1,123 @@
+"""The demo's report page: results table, loss and CMC curves, links to the other pages."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Mapping, Sequence
+from urllib.parse import quote
+
+import dominate
+from dominate import tags as T
+
+from reid.utils.osutils import atomic_write, atomic_write_text
+
+LOSS_LINE = re.compile(r"^\(epoch: (\d+), iters: (\d+), time: [-\d.]+\) (.*)$")
+
+
+def read_loss_log(path: str) -> dict[str, list[float]]:
+    """The loss series of a ``loss_log.txt`` in order of appearance (one value per printed line)."""
+    series: dict[str, list[float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = LOSS_LINE.match(line.strip())
+            if not m:
+                continue
+            for name, value in re.findall(r"(\w+): ([-\d.eE+naif]+)", m.group(3)):
+                series.setdefault(name, []).append(float(value))
+    return series
+
+
+def plot_losses(series: Mapping[str, Sequence[float]], path: str, title: str) -> None:
+    """Line plot of every loss series, written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    for name, values in series.items():
+        ax.plot(range(1, len(values) + 1), values, label=name, linewidth=1.2)
+    ax.set_xlabel("logged step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_cmc(curves: Mapping[str, Sequence[float]], path: str, title: str, max_rank: int = 20) -> None:
+    """CMC curves (rank 1..max_rank, in percent), written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    for name, cmc in curves.items():
+        k = min(max_rank, len(cmc))
+        ax.plot(range(1, k + 1), [100 * v for v in cmc[:k]], marker="o", markersize=3, label=name)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def _save_figure(fig, path: str) -> None:
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+
+
+def results_rows(named_results: Mapping[str, str]) -> list[list[str]]:
+    """Table rows (model, protocol, stage, mAP, top-1, top-5, top-10) from results.json files."""
+    rows = []
+    for model, path in named_results.items():
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        for protocol, stages in data["results"].items():
+            for stage, metrics in stages.items():
+                rows.append([model, protocol, stage.replace("_", " "),
+                             *[f"{100 * metrics[k]:.1f}" for k in ("mAP", "top1", "top5", "top10")]])
+    return rows
+
+
+def write_report(out_dir: str, title: str, rows: Sequence[Sequence[str]], images: Sequence[tuple[str, str]],
+                 links: Sequence[tuple[str, str]], notes: Sequence[str] = ()) -> str:
+    """Write ``<out_dir>/index.html``: notes, a results table, pictures and links (paths relative to out_dir)."""
+    doc = dominate.document(title=title)
+    with doc.head:
+        T.style("body{font-family:sans-serif;margin:24px;max-width:1100px} table{border-collapse:collapse}"
+                "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right} th{background:#eee}"
+                "td:nth-child(-n+3){text-align:left} img{max-width:100%;border:1px solid #ddd;margin:6px 0}")
+    with doc:
+        T.h1(title)
+        for note in notes:
+            T.p(note)
+        T.h2("Results (percent)")
+        with T.table():
+            with T.tr():
+                for h in ("model", "protocol", "stage", "mAP", "top-1", "top-5", "top-10"):
+                    T.th(h)
+            for row in rows:
+                with T.tr():
+                    for cell in row:
+                        T.td(cell)
+        T.h2("Pictures")
+        for caption, rel in images:
+            with T.figure():
+                T.img(src=quote(rel), alt=caption)
+                T.figcaption(caption)
+        T.h2("More")
+        with T.ul():
+            for text, rel in links:
+                T.li(T.a(text, href=quote(rel)))
+    path = os.path.join(out_dir, "index.html")
+    atomic_write_text(path, doc.render())
+    return path
