@@ -125,6 +125,6 @@ def test_clis_refuse_fp16_on_cpu(synthetic_root, tmp_path):
     assert baseline.main(["-d", "synthetic", "--data-dir", data, "--logs-dir", str(tmp_path / "b"), "--device", "cpu",
                           "--amp", "--amp-dtype", "fp16"]) == 2
     assert train.main(["--stage", "1", "--no-pretrained", "-d", "synthetic", "--dataroot", data, "--checkpoints",
-                       str(tmp_path), "--name", "t", "--device", "cpu", "--amp", "--amp-dtype", "fp16"]) == 2
+                       str(tmp_path), "--name", "t", "-j", "0", "--device", "cpu", "--amp", "--amp-dtype", "fp16"]) == 2
     assert baseline.main(["-d", "synthetic", "--data-dir", data, "--logs-dir", str(tmp_path / "c"), "--device", "cpu",
                           "--amp-dtype", "bf16"]) == 2  # --amp-dtype without --amp

@@ -24,9 +24,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fdgan.model import NET_NAMES, FDGANModel
+from reid.errors import ConfigError
 from reid.pipelines.baseline import freeze_unused_fc
 from reid.pipelines.common import build_siamese
 from reid.trainers import SiameseTrainer
+from reid.utils import runtime
 from reid.utils.data.sampler import DistributedRandomPairSampler, RandomPairSampler
 from reid.utils.runtime import DistributedContext, convert_sync_batchnorm, init_distributed
 from reid.utils.serialization import copy_state_dict, load_checkpoint
@@ -99,6 +101,24 @@ def test_distributed_sampler_keeps_positives_on_every_process_and_feeds_a_loader
               for r in range(2)]
     single = list(RandomPairSampler(small, 3, generator=torch.Generator().manual_seed(0)))
     assert shares[0] + shares[1] == single and len(shares[0]) == 8
+
+
+def test_init_distributed_outside_and_inside_torchrun(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    ctx = init_distributed("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.enabled, ctx.is_main, ctx.device) == (0, 1, False, True, torch.device("cpu"))
+    assert ctx.mean_values({"a": 2.0}) == {"a": 2.0} and ctx.all_gather_object(3) == [3]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="RANK"):
+        init_distributed("cpu")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError, match="--device cuda:0 under torchrun"):
+        init_distributed("cuda:0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ConfigError, match="MASTER_ADDR"):
+        init_distributed("cpu")
 
 
 # ------------------------------------------------------------------------------- steps
@@ -200,6 +220,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
+    runtime._BUCKET_ELEMENTS = 1 << 20  # several all-reduce buckets per optimiser (G: 14M parameters)
     ctx = init_distributed("cpu")
     try:
         assert ctx.enabled and ctx.world_size == world and ctx.device.type == "cpu"

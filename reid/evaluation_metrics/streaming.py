@@ -8,7 +8,7 @@ holding the query x gallery distance matrix: the squared Euclidean distances are
 How the exact ranks are found. The rank of a true match m of query q among q's remaining gallery
 items is 1 + (true matches of q ranked before m) + (remaining items of other identities g with
 (d[q, g], g) < (d[q, m], m)). The first term needs only the same-identity pairs, which are few:
-their distances are computed first, directly. The second is a sum over gallery chunks, and in a
+their distances are computed first, from just those gallery rows. The second is a sum over gallery chunks, and in a
 chunk only items no farther than q's farthest match can count, so each query row keeps just
 those, sorts them and counts with a binary search. Items of q's own identity (its matches and its
 ignored same-camera items) are excluded from the chunk counts by setting their chunk distances to
@@ -23,8 +23,7 @@ distances are exact (e.g. small dyadic values) the results are identical.
 """
 from __future__ import annotations
 
-import logging
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Sequence
 
 import numpy as np
 import torch
@@ -38,8 +37,6 @@ from reid.evaluation_metrics.ranking import (
     _MatchRanks,
     _same_id_pairs,
 )
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["evaluate_features_streaming"]
 

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
 
 from reid.errors import ConfigError
 
@@ -201,13 +202,11 @@ class DistributedContext:
     def wrap(self, module: nn.Module) -> nn.Module:
         """``module`` in DistributedDataParallel (returned unchanged in a single process).
 
-        Every parameter must take part in each forward pass (no ``find_unused_parameters``); DDP
-        broadcasts rank 0's parameters and buffers when wrapping.
+        Every parameter that requires a gradient must take part in each forward pass (no
+        ``find_unused_parameters``); DDP broadcasts rank 0's parameters and buffers when wrapping.
         """
         if not self.enabled:
             return module
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids, output_device=ids[0] if ids else None)
 

@@ -12,7 +12,6 @@ import io
 import os
 import pickle
 import warnings
-import zipfile
 from collections import OrderedDict
 from typing import Any, Mapping
 
