@@ -114,17 +114,15 @@ def rerank_distances(
     with torch.inference_mode():
         if fast is not None:
             v, c = fast
-            # sum_d v_d (q_d - g_d)^2 = q^2.v - 2 (q*v).g + g^2.v: only one gathered dot product per pair.
-            q_term = (qf.pow(2) * v).sum(1)
-            g_term = (gf.pow(2) * v).sum(1)
-            qv = qf * v
-            for start in range(0, num_query, chunk_size):
-                sl = slice(start, start + chunk_size)
-                idx = top_idx[sl]
-                cand = gf[idx]  # (c, k, d)
-                cross = torch.bmm(cand, qv[sl].unsqueeze(2)).squeeze(2)
-                diff_logit = q_term[sl, None] - 2.0 * cross + g_term[idx] + c
-                scores[sl] = torch.sigmoid(diff_logit)
+            step = min(chunk_size, 8)  # a (step, k, dim) block stays in the CPU cache
+            for start in range(0, num_query, step):
+                idx = top_idx[start:start + step]
+                n = idx.shape[0]
+                # Squared differences, then one product with v: sum_d v_d (q_d - g_d)^2 + c.
+                diff = gf.index_select(0, idx.reshape(-1)).view(n, k, -1)
+                diff.sub_(qf[start:start + n].unsqueeze(1))
+                diff.mul_(diff)
+                scores[start:start + n] = torch.sigmoid(torch.matmul(diff, v) + c)
         else:
             for start in range(0, num_query, chunk_size):
                 sl = slice(start, start + chunk_size)
