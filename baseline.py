@@ -19,6 +19,7 @@ import sys
 from reid import datasets, models
 from reid.errors import FDGANError
 from reid.pipelines.baseline import BaselineConfig, run_baseline
+from reid.utils.argtypes import non_negative_int, positive_int
 from reid.utils.logging import setup_logging
 from reid.utils.runtime import launcher_rank
 
@@ -27,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The release's flags (same names and defaults) plus this project's extras."""
     p = argparse.ArgumentParser(description="Stage I: Siamese re-ID baseline (train or --evaluate)")
     p.add_argument("-d", "--dataset", type=str, default="market1501", choices=datasets.names())
-    p.add_argument("-b", "--batch-size", type=int, default=256, help="pairs per batch (2x images)")
-    p.add_argument("-j", "--workers", type=int, default=4)
+    p.add_argument("-b", "--batch-size", type=positive_int, default=256, help="pairs per batch (2x images)")
+    p.add_argument("-j", "--workers", type=non_negative_int, default=4)
     p.add_argument("--split", type=int, default=0)
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=128)
@@ -38,12 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--np-ratio", type=int, default=3, help="negative pairs per positive pair")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--step-size", type=int, default=40, help="epochs between lr x0.1 steps")
+    p.add_argument("--step-size", type=positive_int, default=40, help="epochs between lr x0.1 steps")
     p.add_argument("--resume", type=str, default="", metavar="PATH",
                    help="weights to evaluate, or a checkpoint.pth.tar whose training run to continue")
     p.add_argument("--evaluate", action="store_true", help="evaluation only (needs --resume)")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--eval-step", type=int, default=20)
+    p.add_argument("--epochs", type=non_negative_int, default=50)
+    p.add_argument("--eval-step", type=positive_int, default=20)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--data-dir", type=str, metavar="PATH", default="./datasets")
     p.add_argument("--logs-dir", type=str, metavar="PATH", default="./checkpoints")
@@ -83,10 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         log_file = os.path.join(os.path.dirname(os.path.abspath(args.resume)), "log_test.txt")
     else:
         log_file = os.path.join(args.logs_dir, "log.txt")
-    if launcher_rank() == 0:
-        setup_logging(log_file)
-    else:  # torchrun's other processes: no log file, only warnings and errors on the console
-        setup_logging(None, level=logging.WARNING)
+    try:
+        if launcher_rank() == 0:
+            setup_logging(log_file)
+        else:  # torchrun's other processes: no log file, only warnings and errors on the console
+            setup_logging(None, level=logging.WARNING)
+    except OSError as e:
+        print(f"error: {log_file}: cannot write the log file ({e.strerror or e})", file=sys.stderr)
+        return 2
     log = logging.getLogger("baseline")
     log.info("Command: %s", " ".join(sys.argv))
     try:

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from fdgan.pipeline import TrainConfig
 from reid import datasets, models
+from reid.utils.argtypes import non_negative_int, positive_int
 from reid.utils.osutils import atomic_write_text
 
 _D = TrainConfig()
@@ -39,24 +40,24 @@ class Options:
         p.add_argument("--pose-feature-size", type=int, default=_D.pose_feature_size)
         p.add_argument("--noise-feature-size", type=int, default=_D.noise_feature_size)
         p.add_argument("--pose-aug", type=str, default=_D.pose_aug, choices=["no", "erase", "gauss"])
-        p.add_argument("-b", "--batch-size", type=int, default=_D.batch_size, help="pairs per batch")
-        p.add_argument("-j", "--workers", type=int, default=_D.workers)
+        p.add_argument("-b", "--batch-size", type=positive_int, default=_D.batch_size, help="pairs per batch")
+        p.add_argument("-j", "--workers", type=non_negative_int, default=_D.workers)
         p.add_argument("--width", type=int, default=_D.width)
         p.add_argument("--height", type=int, default=_D.height)
         p.add_argument("--niter", type=int, default=_D.niter, help="epochs at the initial learning rate")
         p.add_argument("--niter-decay", type=int, default=_D.niter_decay, help="epochs of linear decay to zero")
         p.add_argument("--lr", type=float, default=_D.lr)
-        p.add_argument("--save-step", type=int, default=_D.save_step, help="save <epoch>_net_*.pth every N epochs")
-        p.add_argument("--eval-step", type=int, default=_D.eval_step, help="stage 2: validate every N epochs")
+        p.add_argument("--save-step", type=positive_int, default=_D.save_step, help="save <epoch>_net_*.pth every N epochs")
+        p.add_argument("--eval-step", type=positive_int, default=_D.eval_step, help="stage 2: validate every N epochs")
         p.add_argument("--display-port", type=int, default=_D.display_port, help="visdom server port")
         p.add_argument("--display-id", type=int, default=_D.display_id, help="visdom window id (0: no visdom)")
         p.add_argument("--display-winsize", type=int, default=_D.display_winsize)
-        p.add_argument("--display-freq", type=int, default=_D.display_freq, help="show visuals every N samples")
+        p.add_argument("--display-freq", type=positive_int, default=_D.display_freq, help="show visuals every N samples")
         p.add_argument("--display-single-pane-ncols", type=int, default=_D.display_single_pane_ncols)
-        p.add_argument("--update-html-freq", type=int, default=_D.update_html_freq,
+        p.add_argument("--update-html-freq", type=positive_int, default=_D.update_html_freq,
                        help="save visuals into the HTML page every N samples")
         p.add_argument("--no_html", action="store_true", help="do not write <checkpoints>/<name>/web/")
-        p.add_argument("--print-freq", type=int, default=_D.print_freq, help="log losses every N samples")
+        p.add_argument("--print-freq", type=positive_int, default=_D.print_freq, help="log losses every N samples")
         p.add_argument("--lambda-recon", type=float, default=_D.lambda_recon)
         p.add_argument("--lambda-veri", type=float, default=_D.lambda_veri)
         p.add_argument("--lambda-sp", type=float, default=_D.lambda_sp)

@@ -19,9 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = options.parse(argv)
     log = logging.getLogger("train")
     if launcher_rank() == 0:
-        setup_logging(os.path.join(cfg.save_dir, "train_log.txt"))
-        log.info(options.format(cfg))
-        options.save(cfg)
+        try:
+            setup_logging(os.path.join(cfg.save_dir, "train_log.txt"))
+            log.info(options.format(cfg))
+            options.save(cfg)
+        except (OSError, FDGANError) as e:
+            print(f"error: {cfg.save_dir}: cannot write the run folder ({e})", file=sys.stderr)
+            return 2
     else:  # torchrun's other processes: no files, only warnings and errors on the console
         setup_logging(None, level=logging.WARNING)
     from fdgan.pipeline import run_training

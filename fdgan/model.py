@@ -19,9 +19,8 @@ from fdgan.networks import (
 from fdgan.utils.util import posemap2im, tensor2im
 from reid.errors import ConfigError
 from reid.pipelines.common import build_siamese
-from reid.utils.osutils import atomic_write
 from reid.utils.runtime import DistributedContext, MixedPrecision, convert_sync_batchnorm, resolve_mixed_precision
-from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint
+from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -344,8 +343,7 @@ class FDGANModel:
         """Write ``<label>_net_{E,G,Di,Dp}.pth`` (release format: 'module.'-prefixed state dicts)."""
         for name in NET_NAMES:
             state = {f"module.{k}": v for k, v in self.net(name).state_dict().items()}
-            with atomic_write(os.path.join(save_dir, f"{label}_net_{name}.pth")) as f:
-                torch.save(state, f)
+            save_checkpoint(state, os.path.join(save_dir, f"{label}_net_{name}.pth"))
 
     def state_dict(self) -> dict:
         """Everything needed to resume: networks, optimisers and schedulers."""

@@ -11,6 +11,16 @@ import sys
 
 import pytest
 
+# One intra-op thread per process: the suite runs subprocesses and DataLoader workers beside the
+# main process on 2 cores, where thread teams oversubscribe the CPU and small operations slow down
+# by an order of magnitude. Set before torch is imported so subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
