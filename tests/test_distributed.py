@@ -214,8 +214,8 @@ def _deviation(dist_state: dict, single_state: dict) -> tuple[float, float]:
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    """Run the steps on 2 processes; rank 0 then runs them alone on the combined batches and writes
-    how far apart the results are (the float64 weights are too large to pass around quickly)."""
+    """Run the steps on 2 processes, then alone on the combined batches, and write how far apart the
+    results are (the float64 weights are too large to pass around quickly)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -231,21 +231,26 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             "fdgan1": _fdgan_step(ctx, inputs),
         }
         digests = ctx.all_gather_object({k: _digest(_flat(v)) for k, v in runs.items()})
+        # The same steps in one process on the combined batches: rank 0 runs Stage I, rank 1 the
+        # FDGAN step (the digests show both ranks hold the same weights, so either can compare).
+        one = DistributedContext()
+        mine = ("stage1", "stage1_no_sync_bn") if ctx.is_main else ("fdgan1",)
+        single = _stage1_steps(one, inputs) if ctx.is_main else _fdgan_step(one, inputs)
+        summary = {}
+        for key in mine:
+            ratio, worst = _deviation(_flat(runs[key]), _flat(single))
+            values = "metrics" if key.startswith("stage1") else "errors"
+            summary[key] = {"ranks_identical": digests[0][key] == digests[1][key], "ratio": ratio,
+                            "max_abs": worst, "dist": runs[key][values], "single": single[values]}
         if ctx.is_main:
-            one = DistributedContext()
-            single = {"stage1": _stage1_steps(one, inputs), "fdgan1": _fdgan_step(one, inputs)}
-            single["stage1_no_sync_bn"] = single["stage1"]
             torch.manual_seed(0)
             start = build_siamese("resnet18", pretrained=False, num_classes=2).state_dict()
-            summary = {"moved": max((single["stage1"]["state"][k] - v).abs().max().item()
-                                    for k, v in start.items() if v.is_floating_point() and "classifier" not in k)}
-            for key, run in runs.items():
-                ratio, worst = _deviation(_flat(run), _flat(single[key]))
-                values = "metrics" if key.startswith("stage1") else "errors"
-                summary[key] = {"ranks_identical": digests[0][key] == digests[1][key], "ratio": ratio,
-                                "max_abs": worst, "dist": run[values], "single": single[key][values]}
+            summary["moved"] = max((single["state"][k] - v).abs().max().item()
+                                   for k, v in start.items() if v.is_floating_point() and "classifier" not in k)
+        parts = ctx.all_gather_object(summary)
+        if ctx.is_main:
             with open(os.path.join(out_dir, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=1)
+                json.dump({**parts[0], **parts[1]}, f, indent=1)
         ctx.barrier()
     finally:
         ctx.close()
