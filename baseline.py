@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iters-per-epoch", type=int, default=None, help="cap iterations (quick runs)")
     p.add_argument("--augment", type=str, default="release", choices=["release", "flip", "none"],
                    help="training augmentation: release = crop + erasing + flip; flip; none (quick runs)")
+    p.add_argument("--rerank", type=str, default="none", choices=["none", "k-reciprocal"],
+                   help="also report k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3) of the first stage")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--sync-bn", action="store_true",

@@ -87,6 +87,7 @@ class TrainConfig:
     deterministic: bool = False
     no_progress: bool = False
     dry_run: bool = False
+    rerank: str = "none"
     sync_bn: bool = False
     amp: bool = False
     amp_dtype: Optional[str] = None
@@ -234,7 +235,7 @@ def _train(cfg: TrainConfig, protocols: list[str], ctx: DistributedContext) -> d
     model.load_network("E", best_e)
     results = evaluate_on_test(model.net_E, dataset_name=cfg.dataset, data_dir=cfg.dataroot, split_id=cfg.split,
                                protocols=protocols, rerank_topk=cfg.rerank_topk, num_val=cfg.num_val,
-                               title="[test, best E] ", **eval_args)
+                               title="[test, best E] ", k_reciprocal=cfg.rerank == "k-reciprocal", **eval_args)
     for protocol, res in results.items():
         visualizer.log_reid(f"Test of the best encoder ({protocol} protocol):\n"
                             + format_results(res["first_stage"], "first stage") + "\n"

@@ -212,7 +212,7 @@ class CascadeEvaluator:
         title: str = "",
     ) -> dict:
         """Both cascade stages from already extracted features (see :meth:`evaluate`)."""
-        ids_cams = _ids_cams(query, gallery)
+        ids_cams = ids_and_cams(query, gallery)
         config = "cuhk03" if dataset == "cuhk03" else "market1501"
         results = {"first_stage": evaluate_rank(distmat, *ids_cams, cmc_config=config)}
         logger.info(format_results(results["first_stage"], f"{title}first stage (Euclidean distance)"))
@@ -238,7 +238,8 @@ def _stack(features: "OrderedDict[str, torch.Tensor]", items: Iterable[Item], wh
     return torch.stack(rows)
 
 
-def _ids_cams(query: Sequence[Item], gallery: Sequence[Item]) -> tuple:
+def ids_and_cams(query: Sequence[Item], gallery: Sequence[Item]) -> tuple:
+    """Query ids, gallery ids, query cams, gallery cams of ``(fname, pid, cam)`` lists as arrays."""
     q_ids = torch.tensor([pid for _, pid, _ in query], dtype=torch.long)
     g_ids = torch.tensor([pid for _, pid, _ in gallery], dtype=torch.long)
     q_cams = torch.tensor([cam for _, _, cam in query], dtype=torch.long)

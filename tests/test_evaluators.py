@@ -1,5 +1,6 @@
 """The cascade evaluation: distances, batched second stage against a per-query reference loop."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -107,3 +108,28 @@ def test_cascade_evaluator_reports_both_stages():
     second = evaluate_rank(_reference_rerank(distmat, qf, gf, head, 10), q_ids, g_ids, q_cams, g_cams)
     assert res["first_stage"]["mAP"] == first["mAP"]
     assert np.isclose(res["second_stage"]["mAP"], second["mAP"], atol=1e-12)
+
+
+def test_k_reciprocal_option_of_the_test_evaluation(synthetic_root):
+    import os
+
+    from reid.evaluators import extract_features, ids_and_cams
+    from reid.pipelines.common import build_siamese, evaluate_on_test, load_dataset
+    from reid.utils.data.loaders import build_eval_loader, unique_items
+    from reid.utils.rerank import re_ranking
+
+    torch.manual_seed(0)
+    model = build_siamese("resnet18", pretrained=False)
+    data_dir, name = os.path.split(synthetic_root)
+    res = evaluate_on_test(model, name, data_dir, 0, ["openreid"], 64, 32, 16, 0, 10, torch.device("cpu"),
+                           progress=False, k_reciprocal=True)["openreid"]
+    ds = load_dataset(name, data_dir)
+    loader = build_eval_loader(unique_items(ds.query, ds.gallery), ds.images_dir, 64, 32, 16, 0)
+    feats = extract_features(model.base_model, loader, progress=False)
+    qf = torch.stack([feats[f] for f, _, _ in ds.query])
+    gf = torch.stack([feats[f] for f, _, _ in ds.gallery])
+    expected = evaluate_rank(re_ranking(pairwise_distance(qf, gf), pairwise_distance(qf, qf),
+                                        pairwise_distance(gf, gf)), *ids_and_cams(ds.query, ds.gallery))
+    assert res["k_reciprocal"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-9)
+    assert res["k_reciprocal"]["cmc"] == pytest.approx(expected["cmc"], abs=1e-9)
+    assert res["k_reciprocal"]["mAP"] != res["first_stage"]["mAP"]

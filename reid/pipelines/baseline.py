@@ -58,6 +58,7 @@ class BaselineConfig:
     max_iters_per_epoch: Optional[int] = None
     deterministic: bool = False
     augment: str = "release"
+    rerank: str = "none"
     progress: bool = True
     sync_bn: bool = False
     amp: bool = False
@@ -108,7 +109,8 @@ def _run(cfg: BaselineConfig, protocols: list[str], ctx: DistributedContext) -> 
     progress = cfg.progress and ctx.is_main
     eval_kwargs = dict(dataset_name=cfg.dataset, data_dir=cfg.data_dir, split_id=cfg.split, protocols=protocols,
                        height=cfg.height, width=cfg.width, batch_size=cfg.batch_size, workers=cfg.workers,
-                       device=device, num_val=cfg.num_val, progress=progress)
+                       device=device, num_val=cfg.num_val, progress=progress,
+                       k_reciprocal=cfg.rerank == "k-reciprocal")
 
     if cfg.evaluate:
         if not ctx.is_main:
