@@ -504,6 +504,7 @@ def test_cuhk03_resumes_after_interruption(tmp_path: Any, monkeypatch: pytest.Mo
     assert len(os.listdir(os.path.join(dst + ".partial", "images"))) == 10
     monkeypatch.setattr(converters, "_encode_array", real)
     calls["n"] = 0
+    caplog.clear()  # only the second run's messages (an earlier CLI test may have set the root level to INFO)
     with caplog.at_level(logging.INFO, logger="reid.datasets.converters"):
         convert_cuhk03(src, dst)
     messages = [r.getMessage() for r in caplog.records]
