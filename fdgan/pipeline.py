@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 from tqdm import tqdm
 
 from fdgan.model import FDGANModel, check_pretrain_files

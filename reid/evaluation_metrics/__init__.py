@@ -15,6 +15,7 @@ __all__ = [
     "SINGLE_GALLERY_SHOT_DRAWS",
     "accuracy",
     "cmc",
+    "evaluate_features_streaming",
     "evaluate_rank",
     "format_results",
     "mean_ap",
