@@ -17,7 +17,7 @@ from argparse import Namespace
 from collections import OrderedDict
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 from urllib.parse import unquote
 
 import numpy as np
