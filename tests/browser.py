@@ -106,3 +106,21 @@ def is_blank(png_path: PathLike) -> bool:
     with Image.open(png_path) as im:
         extrema = im.convert("RGB").getextrema()
     return all(low == high for low, high in extrema)
+
+
+def img_srcs(html: str) -> list:
+    """The ``src`` of every ``<img>`` in an HTML page, in document order."""
+    from html.parser import HTMLParser
+
+    class _Srcs(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.srcs: list = []
+
+        def handle_starttag(self, tag, attrs) -> None:
+            if tag == "img":
+                self.srcs.append(dict(attrs).get("src"))
+
+    parser = _Srcs()
+    parser.feed(html)
+    return parser.srcs

@@ -1,19 +1,9 @@
 """The demo's report page: results from results.json files, curves as pictures, renders in Chromium."""
 import json
-from html.parser import HTMLParser
 
 from reid.report import plot_cmc, plot_losses, read_loss_log, results_rows, write_report
-from tests.browser import is_blank, screenshot
+from tests.browser import img_srcs, is_blank, screenshot
 
-
-class _Srcs(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.srcs = []
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.srcs.append(dict(attrs)["src"])
 
 
 def test_report_page_from_logs_and_results(tmp_path):
@@ -31,7 +21,5 @@ def test_report_page_from_logs_and_results(tmp_path):
     plot_losses(series, str(tmp_path / "losses.png"), "losses")
     plot_cmc({"E": metrics["cmc"]}, str(tmp_path / "cmc.png"), "CMC")
     page = write_report(str(tmp_path), "report", rows, [("CMC", "cmc.png"), ("losses", "losses.png")], [])
-    parser = _Srcs()
-    parser.feed(open(page).read())
-    assert parser.srcs == ["cmc.png", "losses.png"]
+    assert img_srcs(open(page).read()) == ["cmc.png", "losses.png"]
     assert not is_blank(screenshot(page, tmp_path / "shot.png"))

@@ -3,7 +3,6 @@ the HTML page, the final test, resume, and the release's README commands."""
 import json
 import re
 import shlex
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_d
 from reid.pipelines.common import load_dataset
 from reid.utils.data.loaders import build_pose_pair_loader
 from reid.utils.serialization import load_checkpoint, load_weights
-from tests.browser import is_blank, screenshot
+from tests.browser import img_srcs, is_blank, screenshot
 from tests.test_visualizer import start_visdom, stop, visdom_reader
 
 TINY = ["-d", "synthetic", "--arch", "resnet18", "--height", "64", "--width", "32", "-b", "8", "-j", "0",
@@ -115,23 +114,13 @@ def test_visdom_server_received_loss_plot_and_images(stage2):
     assert all(windows[w]["type"] == "image" for w in (2, 3, 4, 5))
 
 
-class _Srcs(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.srcs = []
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.srcs.append(dict(attrs)["src"])
-
 
 def test_html_page_references_existing_images_and_renders(stage2, tmp_path):
     run, _ = stage2
     page = run / "web" / "index.html"
-    parser = _Srcs()
-    parser.feed(page.read_text())
-    assert len(parser.srcs) >= 4
-    for src in parser.srcs:
+    srcs = img_srcs(page.read_text())
+    assert len(srcs) >= 4
+    for src in srcs:
         assert (page.parent / src).is_file(), src
     epochs = [int(m) for m in re.findall(r"epoch(\d{3})_input\.png", page.read_text())]
     assert epochs == sorted(epochs, reverse=True) and len(epochs) >= 2
