@@ -1,11 +1,12 @@
 """FDGANModel: the networks, losses, optimisers and update step of Stages II and III (spec section 5)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 from collections import OrderedDict
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -26,6 +27,19 @@ logger = logging.getLogger(__name__)
 
 NET_NAMES = ("E", "G", "Di", "Dp")
 LOSS_NAMES = ("G_v", "G_r", "G_sp", "G_gan_Di", "G_gan_Dp", "D_i", "D_p")
+
+
+@contextlib.contextmanager
+def frozen_parameters(*nets: nn.Module) -> Iterator[None]:
+    """Mark the trainable parameters of ``nets`` as not requiring gradients while the block runs."""
+    params = [p for net in nets for p in net.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 class FDGANModel:
@@ -49,6 +63,8 @@ class FDGANModel:
         apply_lr_mult: apply the per-group lr multipliers of stage 2 (the release ignores them).
         share_di_features: compute Di's backbone pass over the origin images once per update (Di's
             BatchNorm is frozen, so the numbers are those of separate passes).
+        skip_unused_grads: compute no weight gradients for Di and Dp in G's step (only G, and E in
+            stage 2, is updated there; the release computes them and throws them away).
         device: where the networks live.
         mixed_precision: autocast settings of the step (``--amp``); fp16 uses ``self.scaler``.
         channels_last: keep weights and image batches in the channels-last memory format.
@@ -80,6 +96,7 @@ class FDGANModel:
         pretrained: bool = True,
         apply_lr_mult: bool = False,
         share_di_features: bool = True,
+        skip_unused_grads: bool = True,
         device: torch.device | str = "cpu",
         mixed_precision: Optional[MixedPrecision] = None,
         channels_last: bool = False,
@@ -92,6 +109,7 @@ class FDGANModel:
         self.smooth_label = smooth_label
         self.noise_feature_size = noise_feature_size
         self.share_di_features = share_di_features
+        self.skip_unused_grads = skip_unused_grads
         check_pretrain_files(stage, netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain, pretrained)
 
         use_imagenet = pretrained and stage == 1 and not netE_pretrain
@@ -289,7 +307,8 @@ class FDGANModel:
 
     def backward_G(self) -> None:
         b = self.batch_pairs
-        with self.mixed_precision.autocast():
+        frozen = (self.net_Di, self.net_Dp) if self.skip_unused_grads else ()
+        with frozen_parameters(*frozen), self.mixed_precision.autocast():
             (pred_di,) = self._di_logits([self.fake], grad=False)
             pred_dp = self.net_Dp(torch.cat([self.posemap, self.fake], 1))
             loss_gan_di = self.criterion_gan_g(pred_di, True)

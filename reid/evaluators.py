@@ -45,6 +45,9 @@ def pairwise_distance(query_features: torch.Tensor, gallery_features: torch.Tens
     return torch.addmm(qq + gg, q, g.t(), beta=1.0, alpha=-2.0)
 
 
+_RESCORE_BLOCK_ELEMENTS = 1 << 18  # float32 elements of one block of gathered candidates (1 MiB)
+
+
 def default_embed_dist_fn(logits: torch.Tensor) -> torch.Tensor:
     """Probability of 'different identity' from the verification head's 2-way logits."""
     return F.softmax(logits, dim=1)[:, 0]
@@ -94,38 +97,45 @@ def rerank_distances(
 
     The top-k distances are replaced by ``embed_dist_fn(embed_model(q, g))``; every other item of
     the row is shifted by ``max(bar + 1 - d_k, 0)`` (``bar`` = largest new top-k score, ``d_k`` =
-    first-stage distance of the (k+1)-th item) so the re-scored items stay in front. All (query,
-    candidate) pairs are scored in batches of ``chunk_size`` queries.
+    first-stage distance of the (k+1)-th item) so the re-scored items stay in front. The (query,
+    candidate) pairs are scored in batches of at most ``chunk_size`` queries (on the CPU, as many
+    as fit about 1 MiB of candidate features). An eval-mode square head with a 2-way classifier
+    and the default ``embed_dist_fn`` is folded into one weighted squared distance per pair.
     """
     num_query, num_gallery = distmat.shape
     k = min(int(rerank_topk), num_gallery)
     if k <= 0 or num_query == 0:
         return distmat.clone()
     embed_model.eval()
-    n_sel = min(k + 1, num_gallery)
-    order = torch.topk(distmat, n_sel, dim=1, largest=False, sorted=True).indices
-    top_idx = order[:, :k]
+    top_idx, d_next = _smallest_k(distmat, k)
     scores = torch.empty(num_query, k, dtype=torch.float32)
 
     fast = _square_head_as_weighted_distance(embed_model) if embed_dist_fn in (None, default_embed_dist_fn) else None
     fn = embed_dist_fn or default_embed_dist_fn
     qf = query_features.float()
     gf = gallery_features.float()
+    # Queries per block on the CPU: about 1 MiB of gathered candidates, so that a block stays in
+    # the cache through every pass over it (larger blocks stream through memory at each layer).
+    cpu_step = max(1, min(chunk_size, _RESCORE_BLOCK_ELEMENTS // (k * gf.shape[1])))
     with torch.inference_mode():
         if fast is not None:
             v, c = fast
-            step = min(chunk_size, 8)  # a (step, k, dim) block stays in the CPU cache
+            step = cpu_step
+            buf = torch.empty(step * k, gf.shape[1], dtype=gf.dtype)
             for start in range(0, num_query, step):
                 idx = top_idx[start:start + step]
                 n = idx.shape[0]
-                # Squared differences, then one product with v: sum_d v_d (q_d - g_d)^2 + c.
-                diff = gf.index_select(0, idx.reshape(-1)).view(n, k, -1)
+                # Squared differences, then one product with v: sum_d v_d (q_d - g_d)^2 + c. (The
+                # expansion q^2.v - 2 (q*v).g + g^2.v would read less but cancels in float32.)
+                # One reused buffer: no allocation (and page faults) per block.
+                diff = torch.index_select(gf, 0, idx.reshape(-1), out=buf[:n * k]).view(n, k, -1)
                 diff.sub_(qf[start:start + n].unsqueeze(1))
                 diff.mul_(diff)
-                scores[start:start + n] = torch.sigmoid(torch.matmul(diff, v) + c)
+                torch.sigmoid(torch.matmul(diff, v).add_(c), out=scores[start:start + n])
         else:
-            for start in range(0, num_query, chunk_size):
-                sl = slice(start, start + chunk_size)
+            step = cpu_step if torch.device(device).type == "cpu" else chunk_size
+            for start in range(0, num_query, step):
+                sl = slice(start, start + step)
                 idx = top_idx[sl]
                 n = idx.shape[0]
                 q_rep = qf[sl].unsqueeze(1).expand(n, k, qf.shape[1]).reshape(n * k, -1)
@@ -133,14 +143,31 @@ def rerank_distances(
                 logits = embed_model(q_rep.to(device), cand.to(device))
                 scores[sl] = fn(logits).float().cpu().reshape(n, k)
 
-    new = distmat.clone().float()
-    if k < num_gallery:
-        d_next = distmat.gather(1, order[:, k:k + 1]).squeeze(1)
-        bar = scores.max(1).values
-        offset = torch.clamp(bar + 1.0 - d_next, min=0.0)
-        new += offset[:, None]
+    if d_next is None:
+        new = distmat.float().clone()
+    else:
+        offset = torch.clamp(scores.max(1).values + 1.0 - d_next, min=0.0)
+        new = torch.add(distmat.float(), offset[:, None])  # one pass: a fresh matrix with the offsets
     new.scatter_(1, top_idx, scores)
     return new
+
+
+def _smallest_k(distmat: torch.Tensor, k: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Column indices of each row's k smallest values (in no particular order) and the (k+1)-th
+    smallest value of each row (None when a row has only k values).
+
+    Equal values across the k-th place make the set ambiguous; any of them may be kept.
+    """
+    num_gallery = distmat.shape[1]
+    if k >= num_gallery:
+        return torch.topk(distmat, k, dim=1, largest=False, sorted=False).indices, None
+    # Unsorted selection is cheaper than sorting, and only the set and the (k+1)-th value matter:
+    # the re-scored values replace the top-k and the offset needs the first value after them.
+    vals, idx = torch.topk(distmat, k + 1, dim=1, largest=False, sorted=False)
+    last = vals.argmax(1, keepdim=True)
+    d_next = vals.gather(1, last).squeeze(1)
+    keep = torch.arange(k + 1).unsqueeze(0) != last
+    return idx[keep].view(-1, k), d_next
 
 
 class CascadeEvaluator:

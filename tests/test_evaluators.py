@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reid.evaluation_metrics import evaluate_rank
-from reid.evaluators import CascadeEvaluator, pairwise_distance, rerank_distances
+from reid.evaluators import CascadeEvaluator, _smallest_k, pairwise_distance, rerank_distances
 from reid.models.embedding import EltwiseSubEmbed
 
 
@@ -133,3 +135,24 @@ def test_k_reciprocal_option_of_the_test_evaluation(synthetic_root):
     assert res["k_reciprocal"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-9)
     assert res["k_reciprocal"]["cmc"] == pytest.approx(expected["cmc"], abs=1e-9)
     assert res["k_reciprocal"]["mAP"] != res["first_stage"]["mAP"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 30), st.data())
+def test_smallest_k_is_a_valid_selection_with_ties(rows, cols, data):
+    # Few distinct values, so equal values straddle the k-th place often.
+    k = data.draw(st.integers(1, cols))
+    values = data.draw(st.lists(st.integers(0, 4), min_size=rows * cols, max_size=rows * cols))
+    distmat = torch.tensor(values, dtype=torch.float32).view(rows, cols)
+    idx, d_next = _smallest_k(distmat, k)
+    assert idx.shape == (rows, k)
+    ordered = torch.sort(distmat, dim=1).values
+    for i in range(rows):
+        chosen = set(idx[i].tolist())
+        assert len(chosen) == k
+        # The chosen values are the k smallest (as a multiset): equal to the sorted prefix.
+        assert sorted(distmat[i, idx[i]].tolist()) == ordered[i, :k].tolist()
+    if k < cols:
+        assert torch.equal(d_next, ordered[:, k])
+    else:
+        assert d_next is None

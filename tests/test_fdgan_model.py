@@ -111,12 +111,15 @@ def test_learning_rates_of_each_stage(stage1_file, tmp_path):
         assert torch.equal(v, e_bn[k]), k
 
 
-def test_shared_di_pass_gives_the_release_losses_and_gradients(stage1_file):
+@pytest.mark.parametrize("share,skip", [(True, False), (False, True), (True, True)])
+def test_faster_update_gives_the_release_losses_and_gradients(stage1_file, share, skip):
+    """Sharing Di's origin pass and skipping Di/Dp weight gradients in G's step change no number."""
     path, _ = stage1_file
     results = []
-    for share in (False, True):
+    for flags in (dict(share_di_features=False, skip_unused_grads=False),
+                  dict(share_di_features=share, skip_unused_grads=skip)):
         torch.manual_seed(5)
-        model = FDGANModel(stage=1, netE_pretrain=str(path), share_di_features=share, **TINY)
+        model = FDGANModel(stage=1, netE_pretrain=str(path), **flags, **TINY)
         model.train_mode()
         torch.manual_seed(10)
         model.set_input(_batch([1, 2, 3], [1, 5, 3]))
@@ -129,12 +132,24 @@ def test_shared_di_pass_gives_the_release_losses_and_gradients(stage1_file):
             net = model.net(name)
             grads[name] = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
             opt.step()
+        # What G's step left in the discriminators' gradients (their own update's, plus G's in the release).
+        for name in ("Di", "Dp"):
+            grads[name + " after G"] = torch.cat([p.grad.flatten() for p in model.net(name).parameters()
+                                                  if p.grad is not None])
+        assert all(p.requires_grad for n in ("Di", "Dp") for p in model.net(n).parameters())
         results.append((model.get_current_errors(), grads))
     (a, ga), (b, gb) = results
     for k in a:
         assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
-    for name in ga:
+    for name in ("Di", "Dp", "G"):
         assert torch.allclose(ga[name], gb[name], rtol=1e-4, atol=1e-6 * ga[name].abs().max().item()), name
+    for name in ("Di", "Dp"):
+        own = gb[name]
+        if skip:  # G's step added nothing
+            assert torch.equal(gb[name + " after G"], own), name
+        else:  # the release's G step accumulates into them
+            after = gb[name + " after G"]
+            assert after.shape != own.shape or not torch.allclose(after, own), name
 
 
 def test_missing_pretrain_files_are_reported_up_front(tmp_path):

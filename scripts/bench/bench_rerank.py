@@ -8,13 +8,11 @@ statistics and affine parameters. Normalised features keep squared distances bel
 offset max(bar + 1 - d_k, 0) that keeps the re-scored items in front is non-zero for many
 queries and both parts of the algorithm are compared.
 
-Ours: rerank_distances (the square head folded into one weighted distance per pair, all pairs
-batched) and, for reference, its general batched path (any head). The release's algorithm,
-written out below: per query, argsort its row, score the top-k with the head on (query repeated,
-candidates), softmax[:, 0] replaces them, and the rest of the row gets the offset. A proposed
-variant of the folded path (``proposed_rerank``: rows gathered with index_select in small
-chunks, scores from the squared differences instead of the expanded ||q||^2 - 2 q.g + ||g||^2,
-which cancels) is timed too.
+Ours: rerank_distances (unsorted top-k selection; the square head folded into one weighted
+squared distance per pair, candidates gathered into a cache-sized reused buffer) and, for
+reference, its general batched path (any head). The release's algorithm, written out below: per
+query, argsort its row, score the top-k with the head on (query repeated, candidates),
+softmax[:, 0] replaces them, and the rest of the row gets the offset.
 
 Equal first-stage distances across the k-th place make the top-k set ambiguous (np.argsort and
 torch.topk may keep different items); such queries are counted and left out of the max
@@ -37,7 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 from reid.evaluation_metrics import evaluate_rank  # noqa: E402
-from reid.evaluators import _square_head_as_weighted_distance, pairwise_distance, rerank_distances  # noqa: E402
+from reid.evaluators import pairwise_distance, rerank_distances  # noqa: E402
 from reid.models.embedding import EltwiseSubEmbed  # noqa: E402
 
 NUM_CAMS = 6
@@ -102,35 +100,6 @@ def release_rerank(distmat: torch.Tensor, qf: torch.Tensor, gf: torch.Tensor, he
     return torch.from_numpy(dist), offset_queries
 
 
-def proposed_rerank(distmat: torch.Tensor, qf: torch.Tensor, gf: torch.Tensor, head: torch.nn.Module,
-                    topk: int, chunk_size: int = 8) -> torch.Tensor:
-    """rerank_distances' folded square-head path, with the gather and the score changed.
-
-    Candidates are gathered with index_select a few queries at a time (the block stays in the
-    CPU cache), and the score is sigmoid(sum_d v_d (g_d - q_d)^2 + c) from the differences.
-    """
-    v, c = _square_head_as_weighted_distance(head)
-    num_query, num_gallery = distmat.shape
-    k = min(topk, num_gallery)
-    order = torch.topk(distmat, min(k + 1, num_gallery), dim=1, largest=False, sorted=True).indices
-    top = order[:, :k]
-    scores = torch.empty(num_query, k)
-    with torch.inference_mode():
-        for start in range(0, num_query, chunk_size):
-            idx = top[start:start + chunk_size]
-            n = idx.shape[0]
-            diff = gf.index_select(0, idx.reshape(-1)).view(n, k, -1)
-            diff.sub_(qf[start:start + n].unsqueeze(1))
-            diff.mul_(diff)
-            scores[start:start + n] = torch.sigmoid(torch.matmul(diff, v) + c)
-    new = distmat.clone()
-    if k < num_gallery:
-        d_next = distmat.gather(1, order[:, k:k + 1]).squeeze(1)
-        new += torch.clamp(scores.max(1).values + 1.0 - d_next, min=0.0)[:, None]
-    new.scatter_(1, top, scores)
-    return new
-
-
 def boundary_ties(distmat: torch.Tensor, topk: int) -> torch.Tensor:
     """Queries whose k-th and (k+1)-th smallest first-stage distances are equal."""
     vals = torch.topk(distmat, topk + 1, dim=1, largest=False, sorted=True).values
@@ -173,7 +142,6 @@ def main() -> int:
 
     t_ours, c_ours, ours = timed(lambda: rerank_distances(distmat, qf, gf, head, rerank_topk=args.topk),
                                  args.repeats)
-    t_prop, c_prop, prop = timed(lambda: proposed_rerank(distmat, qf, gf, head, args.topk), args.repeats)
     general_fn = lambda logits: F.softmax(logits, dim=1)[:, 0]  # noqa: E731  (not the default: general path)
     t_general, c_general, general = timed(
         lambda: rerank_distances(distmat, qf, gf, head, embed_dist_fn=general_fn, rerank_topk=args.topk), 1)
@@ -187,23 +155,21 @@ def main() -> int:
         return float((x[clear] - release[clear]).abs().max())
 
     maps = {name: evaluate_rank(x, *labels)["mAP"]
-            for name, x in (("first", distmat), ("release", release), ("ours", ours), ("proposed", prop),
-                            ("general", general))}
+            for name, x in (("first", distmat), ("release", release), ("ours", ours), ("general", general))}
     print(f"{offset_queries} of {qf.shape[0]} queries got a non-zero offset; {int(tied.sum())} have equal "
           f"distances across the k-th place (left out of the differences)")
     print("wall s (CPU s): ratio to the release in wall (CPU) time")
     print(f"release per-query loop:                      {t_release:7.3f} ({c_release:7.3f})")
     for label, t, c in (("rerank_distances, square head folded (ours)", t_ours, c_ours),
-                        ("rerank_distances, general batched path", t_general, c_general),
-                        ("proposed folded path (index_select, diffs)", t_prop, c_prop)):
+                        ("rerank_distances, general batched path", t_general, c_general)):
         print(f"{label + ':':45s}{t:7.3f} ({c:7.3f})  {t_release / t:5.1f}x ({c_release / c:5.1f}x)")
-    print("target >= 10x for ours; ours and proposed are the best of "
+    print("target >= 10x for ours; ours is the best of "
           f"{args.repeats} runs, the others single runs")
     print(f"max |distance difference| vs release (target <= 1e-5): ours {max_diff(ours):.3e}, "
-          f"general {max_diff(general):.3e}, proposed {max_diff(prop):.3e}")
+          f"general {max_diff(general):.3e}")
     print(f"mAP first stage {maps['first']:.6f}; second stage: release {maps['release']:.6f}, "
-          f"ours {maps['ours']:.6f}, general {maps['general']:.6f}, proposed {maps['proposed']:.6f}")
-    worst = max(abs(maps[n] - maps["release"]) for n in ("ours", "general", "proposed"))
+          f"ours {maps['ours']:.6f}, general {maps['general']:.6f}")
+    worst = max(abs(maps[n] - maps["release"]) for n in ("ours", "general"))
     print(f"max |mAP diff| vs release {worst:.3e}")
     return 0
 

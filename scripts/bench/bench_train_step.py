@@ -7,13 +7,14 @@ randomly initialised Siamese network whose BatchNorm statistics were estimated o
 (with the initial statistics, mean 0 and variance 1, a frozen-BN ResNet-50's activations grow
 layer by layer and Di's loss reaches thousands). The three models:
 
-* release: ``share_di_features=False``, the release's update sequence (Di runs its full Siamese
-  network on (origin, target) and on (origin, fake), and again on (origin, fake) in G's step);
-* ours: ``share_di_features=True`` (Di's frozen-BN backbone runs once over the origins per
-  update, target and fake share one batch, the origins need no gradient in G's step);
-* proposed: ours plus Di's and Dp's parameters marked as not needing gradients during G's step
-  (only G is updated there, so their weight gradients are never used: they were zeroed before
-  the next Di / Dp update anyway). See ``ProposedFDGANModel``.
+* release: ``share_di_features=False, skip_unused_grads=False``, the release's update sequence
+  (Di runs its full Siamese network on (origin, target) and on (origin, fake), and again on
+  (origin, fake) in G's step, which also computes Di's and Dp's weight gradients);
+* shared: ``share_di_features=True, skip_unused_grads=False`` (Di's frozen-BN backbone runs once
+  over the origins per update, target and fake share one batch, the origins need no gradient in
+  G's step);
+* ours: the defaults, ``share_di_features=True, skip_unused_grads=True``: shared, and G's step
+  computes no weight gradients for Di and Dp (only G is updated there, so they were thrown away).
 
 The variants take turns step by step so machine load hits them alike. Two times are reported per
 variant, each the best of the timed steps: wall-clock seconds (images/s = 2 images per pair over
@@ -45,20 +46,6 @@ from reid.pipelines.common import build_siamese  # noqa: E402
 from reid.utils.serialization import save_checkpoint  # noqa: E402
 
 CONFIGS = [("resnet18", 128, 64), ("resnet18", 256, 128), ("resnet50", 128, 64), ("resnet50", 256, 128)]
-
-
-class ProposedFDGANModel(FDGANModel):
-    """FDGANModel whose G step computes no weight gradients for Di and Dp."""
-
-    def backward_G(self) -> None:
-        frozen = [p for net in (self.net_Di, self.net_Dp) for p in net.parameters() if p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
-        try:
-            super().backward_G()
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
 
 
 def make_batch(pairs: int, height: int, width: int, seed: int) -> list:
@@ -93,9 +80,14 @@ def make_stage1_checkpoint(arch: str, height: int, width: int, folder: str) -> s
     return path
 
 
-def build(cls: type, arch: str, height: int, width: int, share: bool, netE: str) -> FDGANModel:
+VARIANTS = {"release": dict(share_di_features=False, skip_unused_grads=False),
+            "shared": dict(share_di_features=True, skip_unused_grads=False),
+            "ours": dict(share_di_features=True, skip_unused_grads=True)}
+
+
+def build(arch: str, height: int, width: int, netE: str, **flags: bool) -> FDGANModel:
     torch.manual_seed(0)  # G and Dp initialisation
-    model = cls(stage=1, arch=arch, height=height, width=width, netE_pretrain=netE, share_di_features=share)
+    model = FDGANModel(stage=1, arch=arch, height=height, width=width, netE_pretrain=netE, **flags)
     model.train_mode()
     return model
 
@@ -104,9 +96,7 @@ def run_config(arch: str, height: int, width: int, pairs: int, steps: int) -> Di
     """{variant: (best wall s, best CPU s, max |loss diff|, max relative loss diff)} per step."""
     with tempfile.TemporaryDirectory() as folder:
         netE = make_stage1_checkpoint(arch, height, width, folder)
-        variants = {"release": build(FDGANModel, arch, height, width, False, netE),
-                    "ours": build(FDGANModel, arch, height, width, True, netE),
-                    "proposed": build(ProposedFDGANModel, arch, height, width, True, netE)}
+        variants = {name: build(arch, height, width, netE, **flags) for name, flags in VARIANTS.items()}
     for model in variants.values():
         for name in NET_NAMES:
             for key, value in model.net(name).state_dict().items():
@@ -156,7 +146,7 @@ def main() -> int:
         res = run_config(arch, height, width, args.batch_size, steps)
         images = 2 * args.batch_size
         print(f"{arch} {height}x{width}:")
-        for name in ("release", "ours", "proposed"):
+        for name in VARIANTS:
             wall, cpu, diff, rel = res[name]
             line = f"  {name:8s} wall {wall:7.2f} s ({images / wall:5.2f} img/s)  CPU {cpu:7.2f} s"
             if name != "release":
