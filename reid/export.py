@@ -13,19 +13,17 @@ and the target is left untouched.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 import warnings
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from reid.errors import ConfigError, FDGANError
-from reid.utils.osutils import PathLike, mkdir_if_missing
+from reid.utils.osutils import PathLike, atomic_path, saving_to
 
 logger = logging.getLogger(__name__)
 
@@ -77,24 +75,6 @@ def verify_outputs(reference: torch.Tensor, exported: torch.Tensor, atol: float,
     return diff
 
 
-@contextlib.contextmanager
-def _checked_target(path: PathLike) -> Iterator[str]:
-    """Yield a temporary file name next to ``path``; rename it over ``path`` if the block succeeds."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    mkdir_if_missing(folder)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def _inputs(batch: int, height: int, width: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, height, width, generator=gen)
@@ -143,10 +123,11 @@ def export_torchscript(
             warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(model, example, check_trace=False)
         expected = model(check)
-        with _checked_target(path) as tmp:
+        with atomic_path(path) as tmp:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                torch.jit.save(traced, tmp)
+                with saving_to(path):
+                    torch.jit.save(traced, tmp)
                 reloaded = torch.jit.load(tmp, map_location="cpu")
             diff = verify_outputs(expected, reloaded(check), atol, os.fspath(path))
     logger.info("%s: TorchScript export, max abs difference to eager %.3g", os.fspath(path), diff)
@@ -197,7 +178,7 @@ def export_onnx(
     check = _inputs(check_batch_size, height, width, seed=1)
     with torch.inference_mode(False), torch.no_grad():
         expected = model(check)
-        with _checked_target(path) as tmp:
+        with atomic_path(path) as tmp:
             with warnings.catch_warnings():
                 # The TorchScript-based exporter (dynamo=False) needs no onnxscript; it warns
                 # that the torch.export-based one is now the default.
@@ -252,8 +233,9 @@ def export_program(
     with torch.inference_mode(False), torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
         expected = model(check)
-        with _checked_target(path) as tmp:
-            torch.export.save(program, tmp)
+        with atomic_path(path) as tmp:
+            with saving_to(path):
+                torch.export.save(program, tmp)
             reloaded = torch.export.load(tmp).module()
             diff = verify_outputs(expected, reloaded(check), atol, os.fspath(path))
     logger.info("%s: ExportedProgram export, max abs difference to eager %.3g", os.fspath(path), diff)

@@ -9,11 +9,9 @@ maps paths, PIL images, uint8 arrays or normalised tensors to an N x D feature m
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -27,7 +25,7 @@ from reid import models
 from reid.errors import CheckpointError, ConfigError, DatasetError
 from reid.utils.data.images import read_image
 from reid.utils.data.transforms import build_test_transform
-from reid.utils.osutils import PathLike, mkdir_if_missing
+from reid.utils.osutils import PathLike, atomic_path, saving_to
 from reid.utils.runtime import resolve_device
 from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint
 
@@ -319,24 +317,12 @@ def write_features_h5(
     feats = np.ascontiguousarray(feats, dtype=np.float32)
     if feats.ndim != 2 or feats.shape[0] != len(names):
         raise ValueError(f"features must be {len(names)} x D, got shape {feats.shape}")
-    path = os.fspath(path)
-    mkdir_if_missing(os.path.dirname(os.path.abspath(path)))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp, saving_to(path):
         with h5py.File(tmp, "w", track_order=False) as f:
             f.create_dataset("features", data=feats, track_times=False)
             f.create_dataset("names", data=list(names), dtype=h5py.string_dtype("utf-8"), track_times=False)
             for key, value in (attrs or {}).items():
                 f.attrs[key] = "" if value is None else value
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def read_features_h5(path: PathLike) -> Tuple[List[str], np.ndarray, Dict[str, Any]]:

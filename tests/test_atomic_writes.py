@@ -11,7 +11,8 @@
   temporary file in the same folder; only the log files grow by appending.
 - A scan of the sources of ``reid/`` and ``fdgan/``: no module opens a file for writing, or hands
   ``torch.save`` / PIL ``save`` / h5py / exporters a path, except into a file object of
-  ``atomic_write`` / a BytesIO / a ``mkstemp`` temporary that the same function renames into place.
+  ``atomic_write`` / a temporary name of ``atomic_path`` / a BytesIO / a ``mkstemp`` temporary
+  that the same function renames into place.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
@@ -35,7 +37,7 @@ import baseline
 import train
 from conftest import REPO_ROOT
 from reid.errors import WriteError
-from reid.utils.osutils import atomic_write, atomic_write_text, write_json
+from reid.utils.osutils import atomic_path, atomic_write, atomic_write_text, write_json
 from reid.utils.serialization import load_checkpoint, save_checkpoint
 
 LOG_FILES = {"log.txt", "log_test.txt", "train_log.txt", "loss_log.txt", "reid_log.txt"}
@@ -173,6 +175,72 @@ def test_folder_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(WriteError) as exc:
         write_json({}, path)
     assert str(exc.value).startswith(f"{path}: cannot create the file (")
+
+
+def test_new_files_get_the_umask_mode_and_replaced_files_keep_theirs(tmp_path: Path) -> None:
+    """mkstemp's temporaries are 0600; the files put in place must not be (others read results)."""
+    old = os.umask(0o027)
+    try:
+        write_json({}, tmp_path / "a.json")
+        with atomic_path(tmp_path / "b.h5") as tmp:
+            Path(tmp).write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(tmp_path / "b.h5").st_mode) == 0o640
+    os.chmod(tmp_path / "a.json", 0o604)
+    write_json({"x": 1}, tmp_path / "a.json")
+    assert stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode) == 0o604
+
+
+class _FailingH5File:
+    """h5py.File stand-in whose dataset writes fail as HDF5 reports a full disk (no errno)."""
+
+    def __init__(self, name: str, mode: str, **kwargs) -> None:
+        Path(name).write_bytes(b"partial")
+
+    def __enter__(self) -> "_FailingH5File":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def create_dataset(self, *args, **kwargs) -> None:
+        raise OSError("Can't write data (file write failed: errno = 28, error message = 'No space left on device')")
+
+
+def test_disk_full_in_a_feature_file_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import h5py
+
+    from reid.feature_extraction import write_features_h5
+
+    path = tmp_path / "features.h5"
+    write_features_h5(path, ["a.jpg"], np.ones((1, 4), dtype=np.float32))
+    before = path.read_bytes()
+    monkeypatch.setattr(h5py, "File", _FailingH5File)
+    with pytest.raises(WriteError) as exc:
+        write_features_h5(path, ["a.jpg", "b.jpg"], np.zeros((2, 4), dtype=np.float32))
+    monkeypatch.undo()
+    assert str(exc.value) == (f"{path}: could not write (Can't write data (file write failed: errno = 28, "
+                              "error message = 'No space left on device')); the previous file, if any, is unchanged")
+    assert path.read_bytes() == before and leftovers(tmp_path) == []
+
+
+def test_disk_full_in_an_export_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reid.export import export_torchscript
+
+    def full_disk(obj, name, *args, **kwargs):
+        Path(name).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch.jit, "save", full_disk)
+    path = tmp_path / "model.pt"
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    with pytest.raises(WriteError) as exc:
+        export_torchscript(model, path, height=32, width=32)
+    assert str(exc.value).startswith(f"{path}: could not write ([enforce fail at inline_container.cc:672]")
+    assert not path.exists() and leftovers(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- disk full in real runs
@@ -411,7 +479,7 @@ class _Scanner(ast.NodeVisitor):
         for sub in ast.walk(node):
             if isinstance(sub, ast.withitem) and isinstance(sub.context_expr, ast.Call) and sub.optional_vars:
                 name = _dotted(sub.context_expr.func).split(".")[-1]
-                if name in ("atomic_write", "_checked_target") and isinstance(sub.optional_vars, ast.Name):
+                if name in ("atomic_write", "atomic_path") and isinstance(sub.optional_vars, ast.Name):
                     safe.add(sub.optional_vars.id)
             if isinstance(sub, ast.Assign) and isinstance(sub.value, ast.Call):
                 func = _dotted(sub.value.func)
@@ -419,7 +487,7 @@ class _Scanner(ast.NodeVisitor):
                 names = {t.id for t in targets if isinstance(t, ast.Name)}
                 if func.endswith("BytesIO"):
                     safe |= names
-                if func == "tempfile.mkstemp":
+                if func in ("tempfile.mkstemp", "_temporary_next_to"):
                     temps |= names
             if isinstance(sub, ast.Call) and _dotted(sub.func) == "os.replace":
                 renames = True
@@ -518,6 +586,9 @@ def h(path, state):
     fd, tmp = tempfile.mkstemp(dir=".")
     torch.save(state, tmp)
     os.replace(tmp, path)
+def k(path, traced):
+    with atomic_path(path) as tmp:
+        torch.jit.save(traced, tmp)
 '''
     s = _Scanner("x.py")
     s.visit(ast.parse(bad))

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator, Union
@@ -23,9 +24,54 @@ def mkdir_if_missing(path: PathLike) -> None:
     os.makedirs(path, exist_ok=True)
 
 
+def _new_file_mode(path: Path) -> int:
+    """Permissions for a file written over ``path``: the existing file's, else the umask's default.
+
+    (``tempfile.mkstemp`` creates its files with mode 0600, which the rename would keep.)
+    """
+    with contextlib.suppress(OSError):
+        return stat.S_IMODE(os.stat(path).st_mode)
+    umask = None
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:  # Linux: reads it without changing it
+            umask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), None)
+    if umask is None:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _temporary_next_to(path: Path) -> tuple[int, str]:
+    """Create a hidden temporary file in ``path``'s folder (made if missing) with the final mode."""
+    from reid.errors import WriteError
+
+    try:
+        mkdir_if_missing(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot create the file ({e.strerror or e})") from None
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, _new_file_mode(path))
+    return fd, tmp
+
+
+def _discard(path: Path, tmp: str, error: BaseException, finished: bool) -> None:
+    """Remove the temporary file of a failed write; re-raise a disk failure as a WriteError."""
+    from reid.errors import WriteError
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    # Our own flush/fsync/rename failed, or the caller's write hit a full or read-only disk.
+    if isinstance(error, OSError) and (finished or error.errno in _WRITE_ERRNOS):
+        raise WriteError(f"{path}: could not write ({error.strerror or error}); the previous file, if any, "
+                         "is unchanged") from None
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``.
+
+    The new file gets the permissions of the file it replaces, or those the umask gives a new file.
 
     Args:
         path: the final file name.
@@ -35,14 +81,8 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         reid.errors.WriteError: the folder cannot hold the file, or the disk is full or read-only;
             ``path`` keeps its previous content and no temporary file is left.
     """
-    from reid.errors import WriteError
-
     path = Path(path)
-    try:
-        mkdir_if_missing(path.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise WriteError(f"{path}: cannot create the file ({e.strerror or e})") from None
+    fd, tmp = _temporary_next_to(path)
     written = False
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
@@ -52,13 +92,45 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        # Our own flush/fsync/rename failed, or the caller's write hit a full or read-only disk.
-        if isinstance(e, OSError) and (written or e.errno in _WRITE_ERRNOS):
-            raise WriteError(f"{path}: could not write ({e.strerror or e}); the previous file, if any, "
-                             "is unchanged") from None
+        _discard(path, tmp, e, written)
         raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[str]:
+    """Yield the name of a temporary file next to ``path`` for a library to write (h5py, ONNX, ...);
+    when the block succeeds, fsync it and rename it over ``path``.
+
+    Raises:
+        reid.errors.WriteError: as :func:`atomic_write`; a library's own write errors without an
+            errno are the caller's to translate.
+    """
+    path = Path(path)
+    fd, tmp = _temporary_next_to(path)
+    os.close(fd)
+    finished = False
+    try:
+        yield tmp
+        finished = True
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        _discard(path, tmp, e, finished)
+        raise
+
+
+@contextlib.contextmanager
+def saving_to(path: PathLike) -> Iterator[None]:
+    """Around a library's save call (``torch.jit.save``, h5py, ...): its I/O failure (an OSError,
+    or the RuntimeError PyTorch's file writer raises) becomes one WriteError line naming ``path``."""
+    from reid.errors import WriteError
+
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        raise WriteError(f"{path}: could not write ({reason}); the previous file, if any, is unchanged") from None
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
