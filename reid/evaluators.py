@@ -166,7 +166,7 @@ def _smallest_k(distmat: torch.Tensor, k: int) -> tuple[torch.Tensor, Optional[t
     vals, idx = torch.topk(distmat, k + 1, dim=1, largest=False, sorted=False)
     last = vals.argmax(1, keepdim=True)
     d_next = vals.gather(1, last).squeeze(1)
-    keep = torch.arange(k + 1).unsqueeze(0) != last
+    keep = torch.arange(k + 1, device=last.device).unsqueeze(0) != last
     return idx[keep].view(-1, k), d_next
 
 
