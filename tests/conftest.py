@@ -35,6 +35,16 @@ SYNTHETIC_WIDTH = 32
 SYNTHETIC_SEED = 0
 
 
+@pytest.fixture(autouse=True)
+def _detach_cli_logging():
+    """A CLI run in-process installs a console handler on pytest's captured stderr; detach it
+    after the test, before that stream is closed and a later record is written to it."""
+    yield
+    from reid.utils.logging import remove_logging_handlers
+
+    remove_logging_handlers()
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Folder of a tiny synthetic dataset (see the constants above), built once per session."""

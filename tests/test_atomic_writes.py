@@ -20,7 +20,6 @@ import ast
 import errno
 import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -45,16 +44,11 @@ TMP_RE = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
 
 
 @pytest.fixture(autouse=True)
-def one_thread_and_clean_logging():
+def one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_fdgan_handler", False):
-            root.removeHandler(h)
-            h.close()
 
 
 def leftovers(folder: Path) -> List[str]:

@@ -8,7 +8,6 @@ checkpoint, which also goes through a real ``python baseline.py`` subprocess.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pickle
 import re
@@ -37,18 +36,12 @@ from reid.visualization import write_rank_page
 
 # --------------------------------------------------------------------------- harness
 @pytest.fixture(autouse=True)
-def one_thread_and_clean_logging():
-    """One intra-op thread (much faster on a shared two-core machine); drop the CLIs' log handlers
-    afterwards so that they do not hold the test's captured stream or log files."""
+def one_thread():
+    """One intra-op thread (much faster on a shared two-core machine)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_fdgan_handler", False):
-            root.removeHandler(h)
-            h.close()
 
 
 @pytest.fixture

@@ -11,17 +11,23 @@ _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 _HANDLER_TAG = "_fdgan_handler"
 
 
+def remove_logging_handlers() -> None:
+    """Detach and close the handlers :func:`setup_logging` installed (others are left alone)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, _HANDLER_TAG, False):
+            root.removeHandler(h)
+            h.close()
+
+
 def setup_logging(log_file: PathLike | None = None, level: int = logging.INFO) -> logging.Logger:
     """Send log records of the project to stderr and, if given, append them to ``log_file``.
 
     Calling it again replaces the handlers it installed before (safe for tests that run several
     CLIs in one process).
     """
+    remove_logging_handlers()
     root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, _HANDLER_TAG, False):
-            root.removeHandler(h)
-            h.close()
     root.setLevel(level)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(message)s"))
