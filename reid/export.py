@@ -87,6 +87,13 @@ def _check_sizes(height: int, width: int, batch_size: int) -> None:
         raise ConfigError(f"--batch-size must be >= 1 (got {batch_size})")
 
 
+def _prepare(model: nn.Module, height: int, width: int, trace_batch_size: int,
+             check_batch_size: int) -> Tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The model on the CPU in eval mode, the example input to export with and the check input."""
+    return (model.cpu().eval(), _inputs(trace_batch_size, height, width, seed=0),
+            _inputs(check_batch_size, height, width, seed=1))
+
+
 def export_torchscript(
     model: nn.Module,
     path: PathLike,
@@ -114,9 +121,7 @@ def export_torchscript(
         ExportError: the reloaded model does not reproduce the eager one.
     """
     _check_sizes(height, width, min(trace_batch_size, check_batch_size))
-    model = model.cpu().eval()
-    example = _inputs(trace_batch_size, height, width, seed=0)
-    check = _inputs(check_batch_size, height, width, seed=1)
+    model, example, check = _prepare(model, height, width, trace_batch_size, check_batch_size)
     with torch.inference_mode(False), torch.no_grad():
         with warnings.catch_warnings():
             # torch.jit is deprecated in favour of torch.export but still fully supported here.
@@ -173,9 +178,7 @@ def export_onnx(
     except ImportError as e:
         raise ExportError(f"ONNX export needs the onnx and onnxruntime packages ({e}); "
                           f"pip install onnx onnxruntime, or use --format torchscript") from None
-    model = model.cpu().eval()
-    example = _inputs(trace_batch_size, height, width, seed=0)
-    check = _inputs(check_batch_size, height, width, seed=1)
+    model, example, check = _prepare(model, height, width, trace_batch_size, check_batch_size)
     with torch.inference_mode(False), torch.no_grad():
         expected = model(check)
         with atomic_path(path) as tmp:
@@ -226,9 +229,7 @@ def export_program(
         ExportError: the reloaded program does not reproduce the eager model.
     """
     _check_sizes(height, width, min(trace_batch_size, check_batch_size))
-    model = model.cpu().eval()
-    example = _inputs(trace_batch_size, height, width, seed=0)
-    check = _inputs(check_batch_size, height, width, seed=1)
+    model, example, check = _prepare(model, height, width, trace_batch_size, check_batch_size)
     batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
     with torch.inference_mode(False), torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
