@@ -98,9 +98,10 @@ def rerank_distances(
     The top-k distances are replaced by ``embed_dist_fn(embed_model(q, g))``; every other item of
     the row is shifted by ``max(bar + 1 - d_k, 0)`` (``bar`` = largest new top-k score, ``d_k`` =
     first-stage distance of the (k+1)-th item) so the re-scored items stay in front. The (query,
-    candidate) pairs are scored in batches of at most ``chunk_size`` queries (on the CPU, as many
-    as fit about 1 MiB of candidate features). An eval-mode square head with a 2-way classifier
-    and the default ``embed_dist_fn`` is folded into one weighted squared distance per pair.
+    candidate) pairs are scored on ``device`` in batches of at most ``chunk_size`` queries (on the
+    CPU, as many as fit about 1 MiB of candidate features). An eval-mode square head with a 2-way
+    classifier and the default ``embed_dist_fn`` is folded into one weighted squared distance per
+    pair; ``embed_model`` must be on ``device``. The result is on ``distmat``'s device.
     """
     num_query, num_gallery = distmat.shape
     k = min(int(rerank_topk), num_gallery)
@@ -108,22 +109,28 @@ def rerank_distances(
         return distmat.clone()
     embed_model.eval()
     top_idx, d_next = _smallest_k(distmat, k)
-    scores = torch.empty(num_query, k, dtype=torch.float32)
+    scores = torch.empty(num_query, k, dtype=torch.float32, device=distmat.device)
 
     fast = _square_head_as_weighted_distance(embed_model) if embed_dist_fn in (None, default_embed_dist_fn) else None
     fn = embed_dist_fn or default_embed_dist_fn
+    dev = torch.device(device)
     qf = query_features.float()
     gf = gallery_features.float()
     # Queries per block on the CPU: about 1 MiB of gathered candidates, so that a block stays in
     # the cache through every pass over it (larger blocks stream through memory at each layer).
-    cpu_step = max(1, min(chunk_size, _RESCORE_BLOCK_ELEMENTS // (k * gf.shape[1])))
+    # On an accelerator, blocks of chunk_size queries keep it busy.
+    if dev.type == "cpu":
+        step = max(1, min(chunk_size, _RESCORE_BLOCK_ELEMENTS // (k * gf.shape[1])))
+    else:
+        step = max(1, chunk_size)
     with torch.inference_mode():
         if fast is not None:
-            v, c = fast
-            step = cpu_step
-            buf = torch.empty(step * k, gf.shape[1], dtype=gf.dtype)
+            v, c = (t.to(dev) for t in fast)
+            qf, gf, idx_all = qf.to(dev), gf.to(dev), top_idx.to(dev)
+            out = torch.empty(num_query, k, dtype=torch.float32, device=dev)
+            buf = torch.empty(step * k, gf.shape[1], dtype=gf.dtype, device=dev)
             for start in range(0, num_query, step):
-                idx = top_idx[start:start + step]
+                idx = idx_all[start:start + step]
                 n = idx.shape[0]
                 # Squared differences, then one product with v: sum_d v_d (q_d - g_d)^2 + c. (The
                 # expansion q^2.v - 2 (q*v).g + g^2.v would read less but cancels in float32.)
@@ -131,17 +138,17 @@ def rerank_distances(
                 diff = torch.index_select(gf, 0, idx.reshape(-1), out=buf[:n * k]).view(n, k, -1)
                 diff.sub_(qf[start:start + n].unsqueeze(1))
                 diff.mul_(diff)
-                torch.sigmoid(torch.matmul(diff, v).add_(c), out=scores[start:start + n])
+                torch.sigmoid(torch.matmul(diff, v).add_(c), out=out[start:start + n])
+            scores = out.to(scores.device)
         else:
-            step = cpu_step if torch.device(device).type == "cpu" else chunk_size
             for start in range(0, num_query, step):
                 sl = slice(start, start + step)
                 idx = top_idx[sl]
                 n = idx.shape[0]
                 q_rep = qf[sl].unsqueeze(1).expand(n, k, qf.shape[1]).reshape(n * k, -1)
                 cand = gf[idx].reshape(n * k, -1)
-                logits = embed_model(q_rep.to(device), cand.to(device))
-                scores[sl] = fn(logits).float().cpu().reshape(n, k)
+                logits = embed_model(q_rep.to(dev), cand.to(dev))
+                scores[sl] = fn(logits).float().to(scores.device).reshape(n, k)
 
     if d_next is None:
         new = distmat.float().clone()
