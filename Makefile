@@ -6,7 +6,7 @@ STAMP := $(VENV)/.requirements-installed
 DATA ?= datasets
 DEMO_DIR ?= demo_output
 
-.PHONY: setup test demo bench synthetic clean setup-pose poses
+.PHONY: setup test demo bench synthetic clean setup-pose setup-browser poses
 
 setup: $(STAMP)
 
@@ -19,9 +19,21 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-# The pose-estimator tests run scripts/generate_poses.py in .venv-pose, so `make test` builds both.
-test: setup setup-pose
+# The pose-estimator tests run scripts/generate_poses.py in .venv-pose, so `make test` builds both;
+# the HTML pages are checked in headless Chromium.
+test: setup setup-pose setup-browser
 	$(PY) -m pytest -q tests
+
+# Debian's chromium, installed with apt-get when missing and this is root (CI, containers);
+# otherwise say what to install (the HTML tests fail with the same message without it).
+setup-browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not install chromium; the HTML page tests will fail"; \
+	  else \
+	    echo "warning: chromium not found: install it (e.g. sudo apt-get install chromium) for the HTML page tests"; \
+	  fi; }
 
 demo: setup
 	$(PY) scripts/demo.py --data-dir $(DATA) --out $(DEMO_DIR)
