@@ -109,7 +109,6 @@ def rerank_distances(
         return distmat.clone()
     embed_model.eval()
     top_idx, d_next = _smallest_k(distmat, k)
-    scores = torch.empty(num_query, k, dtype=torch.float32, device=distmat.device)
 
     fast = _square_head_as_weighted_distance(embed_model) if embed_dist_fn in (None, default_embed_dist_fn) else None
     fn = embed_dist_fn or default_embed_dist_fn
@@ -139,8 +138,9 @@ def rerank_distances(
                 diff.sub_(qf[start:start + n].unsqueeze(1))
                 diff.mul_(diff)
                 torch.sigmoid(torch.matmul(diff, v).add_(c), out=out[start:start + n])
-            scores = out.to(scores.device)
+            scores = out.to(distmat.device)
         else:
+            scores = torch.empty(num_query, k, dtype=torch.float32, device=distmat.device)
             for start in range(0, num_query, step):
                 sl = slice(start, start + step)
                 idx = top_idx[sl]
