@@ -142,8 +142,14 @@ def test_disk_full_at_write_keeps_the_previous_checkpoint(tmp_path: Path, monkey
     path = tmp_path / "checkpoint.pth.tar"
     save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 0}, path)
     before = path.read_bytes()
-    real_fdopen = os.fdopen
-    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", **kw: _FullDisk(real_fdopen(fd, mode, **kw), 100))
+    import reid.utils.osutils as osutils
+
+    def full_disk_open(name, mode="r", **kw):
+        f = open(name, mode, **kw)
+        return _FullDisk(f, 100) if "w" in mode else f
+
+    # atomic_write's own open() (module globals come before builtins).
+    monkeypatch.setattr(osutils, "open", full_disk_open, raising=False)
     with pytest.raises(WriteError) as exc:
         save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "epoch": 1}, path, is_best=True)
     # The best copy is written first, so it is the one that fails; nothing else is touched.

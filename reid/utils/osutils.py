@@ -68,42 +68,17 @@ def _discard(path: Path, tmp: str, error: BaseException, finished: bool) -> None
 
 
 @contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``.
+def atomic_path(path: PathLike) -> Iterator[str]:
+    """Yield the name of a temporary file next to ``path``; when the block succeeds, fsync the
+    file and rename it over ``path``. For libraries that take a file name (h5py, exporters).
 
     The new file gets the permissions of the file it replaces, or those the umask gives a new file.
 
-    Args:
-        path: the final file name.
-        mode: ``'wb'`` for bytes or ``'w'`` for text (UTF-8).
-
     Raises:
-        reid.errors.WriteError: the folder cannot hold the file, or the disk is full or read-only;
-            ``path`` keeps its previous content and no temporary file is left.
-    """
-    path = Path(path)
-    fd, tmp = _temporary_next_to(path)
-    written = False
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            written = True
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        _discard(path, tmp, e, written)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[str]:
-    """Yield the name of a temporary file next to ``path`` for a library to write (h5py, ONNX, ...);
-    when the block succeeds, fsync it and rename it over ``path``.
-
-    Raises:
-        reid.errors.WriteError: as :func:`atomic_write`; a library's own write errors without an
-            errno are the caller's to translate.
+        reid.errors.WriteError: the folder cannot hold the file, or the disk is full or read-only
+            (an OSError with such an errno in the block, or any in the fsync / rename); ``path``
+            keeps its previous content and no temporary file is left. A library's own write
+            errors without an errno are the caller's to translate (see :func:`saving_to`).
     """
     path = Path(path)
     fd, tmp = _temporary_next_to(path)
@@ -118,6 +93,22 @@ def atomic_path(path: PathLike) -> Iterator[str]:
     except BaseException as e:
         _discard(path, tmp, e, finished)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``.
+
+    Args:
+        path: the final file name.
+        mode: ``'wb'`` for bytes or ``'w'`` for text (UTF-8).
+
+    Raises:
+        reid.errors.WriteError: as :func:`atomic_path`.
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
 
 
 @contextlib.contextmanager
