@@ -487,7 +487,7 @@ class _Scanner(ast.NodeVisitor):
                 names = {t.id for t in targets if isinstance(t, ast.Name)}
                 if func.endswith("BytesIO"):
                     safe |= names
-                if func in ("tempfile.mkstemp", "_temporary_next_to"):
+                if func == "tempfile.mkstemp":
                     temps |= names
             if isinstance(sub, ast.Call) and _dotted(sub.func) == "os.replace":
                 renames = True
