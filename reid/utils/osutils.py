@@ -41,32 +41,6 @@ def _new_file_mode(path: Path) -> int:
     return 0o666 & ~umask
 
 
-def _temporary_next_to(path: Path) -> tuple[int, str]:
-    """Create a hidden temporary file in ``path``'s folder (made if missing) with the final mode."""
-    from reid.errors import WriteError
-
-    try:
-        mkdir_if_missing(path.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise WriteError(f"{path}: cannot create the file ({e.strerror or e})") from None
-    with contextlib.suppress(OSError):
-        os.fchmod(fd, _new_file_mode(path))
-    return fd, tmp
-
-
-def _discard(path: Path, tmp: str, error: BaseException, finished: bool) -> None:
-    """Remove the temporary file of a failed write; re-raise a disk failure as a WriteError."""
-    from reid.errors import WriteError
-
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    # Our own flush/fsync/rename failed, or the caller's write hit a full or read-only disk.
-    if isinstance(error, OSError) and (finished or error.errno in _WRITE_ERRNOS):
-        raise WriteError(f"{path}: could not write ({error.strerror or error}); the previous file, if any, "
-                         "is unchanged") from None
-
-
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[str]:
     """Yield the name of a temporary file next to ``path``; when the block succeeds, fsync the
@@ -80,8 +54,16 @@ def atomic_path(path: PathLike) -> Iterator[str]:
             keeps its previous content and no temporary file is left. A library's own write
             errors without an errno are the caller's to translate (see :func:`saving_to`).
     """
+    from reid.errors import WriteError
+
     path = Path(path)
-    fd, tmp = _temporary_next_to(path)
+    try:
+        mkdir_if_missing(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot create the file ({e.strerror or e})") from None
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, _new_file_mode(path))
     os.close(fd)
     finished = False
     try:
@@ -91,7 +73,12 @@ def atomic_path(path: PathLike) -> Iterator[str]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        _discard(path, tmp, e, finished)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        # Our own fsync/rename failed, or the block's write hit a full or read-only disk.
+        if isinstance(e, OSError) and (finished or e.errno in _WRITE_ERRNOS):
+            raise WriteError(f"{path}: could not write ({e.strerror or e}); the previous file, if any, "
+                             "is unchanged") from None
         raise
 
 
