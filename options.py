@@ -77,6 +77,8 @@ class Options:
         p.add_argument("--rerank-topk", type=int, default=_D.rerank_topk, help="second-stage candidates in the test")
         p.add_argument("--rerank", type=str, default=_D.rerank, choices=["none", "k-reciprocal"],
                        help="final test: also report k-reciprocal re-ranking of the first stage")
+        p.add_argument("--compile-rescoring", action="store_true",
+                       help="second stage through a torch.compile kernel (faster once compiled; compiling takes seconds)")
         p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.add_argument("--dry-run", action="store_true", help="build data and networks, then stop")

@@ -87,6 +87,7 @@ class TrainConfig:
     no_progress: bool = False
     dry_run: bool = False
     rerank: str = "none"
+    compile_rescoring: bool = False
     sync_bn: bool = False
     amp: bool = False
     amp_dtype: Optional[str] = None
@@ -146,7 +147,7 @@ def _train(cfg: TrainConfig, protocols: list[str], ctx: DistributedContext) -> d
         )
     progress = not cfg.no_progress and ctx.is_main
     eval_args = dict(height=cfg.height, width=cfg.width, batch_size=cfg.batch_size, workers=cfg.workers,
-                     device=device, progress=progress)
+                     device=device, progress=progress, compile_rescoring=cfg.compile_rescoring)
     # Samples per step over all processes (equal to -b in a single process).
     step_size = cfg.batch_size * ctx.world_size
     resume_path = os.path.join(cfg.save_dir, RESUME_FILE)

@@ -1,6 +1,7 @@
 """Feature extraction, distances and the two-stage cascade evaluation (spec section 7)."""
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 from typing import Callable, Iterable, Optional, Sequence
@@ -92,6 +93,7 @@ def rerank_distances(
     rerank_topk: int = 75,
     chunk_size: int = 64,
     device: torch.device | str = "cpu",
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Second cascade stage: re-score each query's first-stage top-k with the verification head.
 
@@ -102,6 +104,11 @@ def rerank_distances(
     CPU, as many as fit about 1 MiB of candidate features). An eval-mode square head with a 2-way
     classifier and the default ``embed_dist_fn`` is folded into one weighted squared distance per
     pair; ``embed_model`` must be on ``device``. The result is on ``distmat``'s device.
+
+    With ``compiled``, the folded scores come from one ``torch.compile``-generated kernel that
+    reads each candidate's features once and materialises nothing per pair (about 3x faster on a
+    CPU, once compiled: the first call of a process compiles, 2-20 s). Where compilation fails
+    (no C++ compiler, for one) it logs a warning and scores eagerly; other heads ignore it.
     """
     num_query, num_gallery = distmat.shape
     k = min(int(rerank_topk), num_gallery)
@@ -111,44 +118,20 @@ def rerank_distances(
     top_idx, d_next = _smallest_k(distmat, k)
 
     fast = _square_head_as_weighted_distance(embed_model) if embed_dist_fn in (None, default_embed_dist_fn) else None
-    fn = embed_dist_fn or default_embed_dist_fn
     dev = torch.device(device)
     qf = query_features.float()
     gf = gallery_features.float()
-    # Queries per block on the CPU: about 1 MiB of gathered candidates, so that a block stays in
-    # the cache through every pass over it (larger blocks stream through memory at each layer).
-    # On an accelerator, blocks of chunk_size queries keep it busy.
-    if dev.type == "cpu":
-        step = max(1, min(chunk_size, _RESCORE_BLOCK_ELEMENTS // (k * gf.shape[1])))
-    else:
-        step = max(1, chunk_size)
     with torch.inference_mode():
-        if fast is not None:
-            v, c = (t.to(dev) for t in fast)
-            qf, gf, idx_all = qf.to(dev), gf.to(dev), top_idx.to(dev)
-            out = torch.empty(num_query, k, dtype=torch.float32, device=dev)
-            buf = torch.empty(step * k, gf.shape[1], dtype=gf.dtype, device=dev)
-            for start in range(0, num_query, step):
-                idx = idx_all[start:start + step]
-                n = idx.shape[0]
-                # Squared differences, then one product with v: sum_d v_d (q_d - g_d)^2 + c. (The
-                # expansion q^2.v - 2 (q*v).g + g^2.v would read less but cancels in float32.)
-                # One reused buffer: no allocation (and page faults) per block.
-                diff = torch.index_select(gf, 0, idx.reshape(-1), out=buf[:n * k]).view(n, k, -1)
-                diff.sub_(qf[start:start + n].unsqueeze(1))
-                diff.mul_(diff)
-                torch.sigmoid(torch.matmul(diff, v).add_(c), out=out[start:start + n])
-            scores = out.to(distmat.device)
+        if fast is None:
+            scores = _scores_of_head(qf, gf, top_idx, embed_model, embed_dist_fn or default_embed_dist_fn,
+                                     _block_queries(dev, chunk_size, k, gf.shape[1]), dev, distmat.device)
         else:
-            scores = torch.empty(num_query, k, dtype=torch.float32, device=distmat.device)
-            for start in range(0, num_query, step):
-                sl = slice(start, start + step)
-                idx = top_idx[sl]
-                n = idx.shape[0]
-                q_rep = qf[sl].unsqueeze(1).expand(n, k, qf.shape[1]).reshape(n * k, -1)
-                cand = gf[idx].reshape(n * k, -1)
-                logits = embed_model(q_rep.to(dev), cand.to(dev))
-                scores[sl] = fn(logits).float().to(scores.device).reshape(n, k)
+            v, c = (t.to(dev) for t in fast)
+            qf, gf, idx = qf.to(dev), gf.to(dev), top_idx.to(dev)
+            scores = _folded_scores_compiled(qf, gf, idx, v, c, max(1, chunk_size)) if compiled else None
+            if scores is None:
+                scores = _folded_scores(qf, gf, idx, v, c, _block_queries(dev, chunk_size, k, gf.shape[1]))
+            scores = scores.to(distmat.device)
 
     if d_next is None:
         new = distmat.float().clone()
@@ -157,6 +140,83 @@ def rerank_distances(
         new = torch.add(distmat.float(), offset[:, None])  # one pass: a fresh matrix with the offsets
     new.scatter_(1, top_idx, scores)
     return new
+
+
+def _block_queries(device: torch.device, chunk_size: int, k: int, dims: int) -> int:
+    """Queries per block: on the CPU, about 1 MiB of gathered candidates, so that a block stays in
+    the cache through every pass over it (larger blocks stream through memory at each layer); on
+    an accelerator, chunk_size queries keep it busy."""
+    if device.type == "cpu":
+        return max(1, min(chunk_size, _RESCORE_BLOCK_ELEMENTS // (k * dims)))
+    return max(1, chunk_size)
+
+
+def _scores_of_head(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Tensor, embed_model: nn.Module,
+                    fn: Callable[[torch.Tensor], torch.Tensor], step: int, device: torch.device,
+                    out_device: torch.device) -> torch.Tensor:
+    """``fn(embed_model(q, g))`` for every query and each of its candidates: (num_query, k)."""
+    num_query, k = top_idx.shape
+    scores = torch.empty(num_query, k, dtype=torch.float32, device=out_device)
+    for start in range(0, num_query, step):
+        sl = slice(start, start + step)
+        idx = top_idx[sl]
+        n = idx.shape[0]
+        q_rep = qf[sl].unsqueeze(1).expand(n, k, qf.shape[1]).reshape(n * k, -1)
+        cand = gf[idx].reshape(n * k, -1)
+        logits = embed_model(q_rep.to(device), cand.to(device))
+        scores[sl] = fn(logits).float().to(out_device).reshape(n, k)
+    return scores
+
+
+def _folded_scores(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Tensor, v: torch.Tensor, c: torch.Tensor,
+                   step: int) -> torch.Tensor:
+    """``sigmoid(sum_d v_d (q_d - g_d)^2 + c)`` for every query and each of its candidates."""
+    num_query, k = top_idx.shape
+    out = torch.empty(num_query, k, dtype=torch.float32, device=gf.device)
+    # One reused buffer: no allocation (and page faults) per block.
+    buf = torch.empty(min(step, num_query) * k, gf.shape[1], dtype=gf.dtype, device=gf.device)
+    for start in range(0, num_query, step):
+        idx = top_idx[start:start + step]
+        n = idx.shape[0]
+        # Squared differences, then one product with v. (The expansion q^2.v - 2 (q*v).g + g^2.v
+        # would read less but cancels in float32.)
+        diff = torch.index_select(gf, 0, idx.reshape(-1), out=buf[:n * k]).view(n, k, -1)
+        diff.sub_(qf[start:start + n].unsqueeze(1))
+        diff.mul_(diff)
+        torch.sigmoid(torch.matmul(diff, v).add_(c), out=out[start:start + n])
+    return out
+
+
+def _pair_scores(q: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, v: torch.Tensor,
+                 c: torch.Tensor) -> torch.Tensor:
+    """The folded head as one expression, for torch.compile to fuse into a gather-reduce kernel."""
+    diff = q.unsqueeze(1) - g[idx]
+    return torch.sigmoid((diff * diff * v).sum(-1) + c)
+
+
+@functools.cache
+def _compiled_pair_scores() -> Callable[..., torch.Tensor]:
+    # Dynamic shapes: one compilation serves every block size, top-k and gallery.
+    return torch.compile(_pair_scores, dynamic=True)
+
+
+def _folded_scores_compiled(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Tensor, v: torch.Tensor,
+                            c: torch.Tensor, step: int) -> Optional[torch.Tensor]:
+    """:func:`_folded_scores` through the compiled kernel; None (and a warning) where it cannot be
+    compiled. Blocks of ``step`` queries bound the memory should a backend not fuse the gather."""
+    kernel = _compiled_pair_scores()
+    blocks = []
+    for start in range(0, top_idx.shape[0], step):
+        sl = slice(start, start + step)
+        try:
+            blocks.append(kernel(qf[sl], gf, top_idx[sl], v, c))
+        except Exception as exc:  # noqa: BLE001  (the backend's failure is reported, then we score eagerly)
+            if blocks:
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            logger.warning("compiled re-scoring unavailable (%s); scoring without compilation", reason)
+            return None
+    return torch.cat(blocks)
 
 
 def _smallest_k(distmat: torch.Tensor, k: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -186,6 +246,8 @@ class CascadeEvaluator:
         embed_dist_fn: maps the head's logits to a distance (default: probability of 'different').
         device: where to run the networks.
         progress: show a progress bar while extracting features.
+        compile_rescoring: score the second stage with the compiled kernel (see
+            :func:`rerank_distances`, ``compiled``).
     """
 
     def __init__(
@@ -195,8 +257,10 @@ class CascadeEvaluator:
         embed_dist_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         device: torch.device | str = "cpu",
         progress: bool = True,
+        compile_rescoring: bool = False,
     ) -> None:
         self.progress = progress
+        self.compile_rescoring = compile_rescoring
         self.base_model = base_model
         self.embed_model = embed_model
         self.embed_dist_fn = embed_dist_fn
@@ -253,7 +317,7 @@ class CascadeEvaluator:
         if second_stage:
             dist2 = rerank_distances(
                 distmat, query_features, gallery_features, self.embed_model, self.embed_dist_fn,
-                rerank_topk=rerank_topk, device=self.device,
+                rerank_topk=rerank_topk, device=self.device, compiled=self.compile_rescoring,
             )
             results["second_stage"] = evaluate_rank(dist2, *ids_cams, cmc_config=config)
             logger.info(format_results(

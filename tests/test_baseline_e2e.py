@@ -1,6 +1,7 @@
 """Stage I end to end on the synthetic dataset: training improves mAP, evaluation reproduces it,
 an interrupted run resumes to the same weights."""
 import json
+import logging
 import os
 
 import pytest
@@ -56,6 +57,22 @@ def test_evaluate_resume_reproduces_saved_metrics(data_dir, trained):
         for key in ("mAP", "top1", "top5", "top10"):
             assert again["openreid"][stage][key] == pytest.approx(saved["openreid"][stage][key], abs=1e-9)
     assert os.path.isfile(trained / "log_test.txt")
+
+
+def test_evaluate_with_compiled_rescoring_gives_the_saved_metrics(data_dir, trained, caplog):
+    # --compile-rescoring reaches the second stage: the compiled kernel ran (no fallback warning)
+    # and its float32 sums, in another order, leave the metrics as they were.
+    saved = json.loads((trained / "results.json").read_text())["results"]
+    with caplog.at_level(logging.WARNING, logger="reid.evaluators"):
+        rc = baseline.main(COMMON + ["--data-dir", str(data_dir), "--evaluate", "--resume",
+                                     str(trained / "model_best.pth.tar"), "--rerank-topk", "75",
+                                     "--compile-rescoring"])
+    assert rc == 0
+    assert not [r for r in caplog.records if r.name == "reid.evaluators"]
+    again = json.loads((trained / "evaluate_results.json").read_text())["results"]
+    for key in ("mAP", "top1", "top5", "top10"):
+        assert again["openreid"]["second_stage"][key] == pytest.approx(saved["openreid"]["second_stage"][key],
+                                                                       abs=1e-6)
 
 
 def test_checkpoint_has_release_format(trained):

@@ -1,4 +1,6 @@
 """The cascade evaluation: distances, batched second stage against a per-query reference loop."""
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reid import evaluators
 from reid.evaluation_metrics import evaluate_rank
 from reid.evaluators import CascadeEvaluator, _smallest_k, pairwise_distance, rerank_distances
 from reid.models.embedding import EltwiseSubEmbed
@@ -73,6 +76,40 @@ def test_second_stage_square_head_matches_per_query_loop():
         a = evaluate_rank(ours, q_ids, g_ids, q_cams, g_cams)
         b = evaluate_rank(ref, q_ids, g_ids, q_cams, g_cams)
         assert a["mAP"] == b["mAP"] and a["cmc"] == b["cmc"]
+
+
+def test_compiled_second_stage_matches_per_query_loop(caplog):
+    # The torch.compile kernel (dynamic shapes: full blocks of 5 queries, a last block of 3, and
+    # three top-k sizes through one compilation) against the release's loop.
+    qf, gf, q_ids, g_ids, q_cams, g_cams = _problem(seed=11)
+    head = _head("square", qf.shape[1], seed=12)
+    distmat = pairwise_distance(qf, gf)
+    with caplog.at_level(logging.WARNING, logger="reid.evaluators"):
+        for topk in (1, 10, 57):
+            ours = rerank_distances(distmat, qf, gf, head, rerank_topk=topk, chunk_size=5, compiled=True)
+            ref = _reference_rerank(distmat, qf, gf, head, topk)
+            assert torch.allclose(ours, ref, atol=1e-5), topk
+            a = evaluate_rank(ours, q_ids, g_ids, q_cams, g_cams)
+            b = evaluate_rank(ref, q_ids, g_ids, q_cams, g_cams)
+            assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-12) and a["cmc"] == b["cmc"]
+    # Where compilation fails the eager path scores instead, with a warning: none here.
+    assert not [r for r in caplog.records if r.name == "reid.evaluators"]
+
+
+def test_compiled_second_stage_falls_back_with_a_warning(monkeypatch, caplog):
+    def no_compiler(*args):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(evaluators, "_compiled_pair_scores", lambda: no_compiler)
+    qf, gf, *_ = _problem(seed=13)
+    head = _head("square", qf.shape[1], seed=14)
+    distmat = pairwise_distance(qf, gf)
+    with caplog.at_level(logging.WARNING, logger="reid.evaluators"):
+        ours = rerank_distances(distmat, qf, gf, head, rerank_topk=8, compiled=True)
+    assert torch.equal(ours, rerank_distances(distmat, qf, gf, head, rerank_topk=8))
+    assert [r.getMessage() for r in caplog.records if r.name == "reid.evaluators"] == [
+        "compiled re-scoring unavailable (InvalidCxxCompiler: No working C++ compiler found); "
+        "scoring without compilation"]
 
 
 def test_second_stage_generic_head_matches_per_query_loop():

@@ -59,6 +59,7 @@ class BaselineConfig:
     deterministic: bool = False
     augment: str = "release"
     rerank: str = "none"
+    compile_rescoring: bool = False
     progress: bool = True
     sync_bn: bool = False
     amp: bool = False
@@ -110,7 +111,7 @@ def _run(cfg: BaselineConfig, protocols: list[str], ctx: DistributedContext) -> 
     eval_kwargs = dict(dataset_name=cfg.dataset, data_dir=cfg.data_dir, split_id=cfg.split, protocols=protocols,
                        height=cfg.height, width=cfg.width, batch_size=cfg.batch_size, workers=cfg.workers,
                        device=device, num_val=cfg.num_val, progress=progress,
-                       k_reciprocal=cfg.rerank == "k-reciprocal")
+                       k_reciprocal=cfg.rerank == "k-reciprocal", compile_rescoring=cfg.compile_rescoring)
 
     if cfg.evaluate:
         if not ctx.is_main:
@@ -171,7 +172,7 @@ def _run(cfg: BaselineConfig, protocols: list[str], ctx: DistributedContext) -> 
         if (epoch % cfg.eval_step == 0 or epoch == cfg.epochs - 1) and ctx.is_main:
             val = evaluate_on_val(model, dataset, cfg.height, cfg.width, cfg.batch_size, cfg.workers,
                                   rerank_topk=75, device=device, dataset_name=cfg.dataset,
-                                  progress=progress)
+                                  progress=progress, compile_rescoring=cfg.compile_rescoring)
             val_map = val["second_stage"]["mAP"]
             is_best = val_map > best_map
             best_map = max(best_map, val_map)
