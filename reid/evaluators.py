@@ -47,6 +47,7 @@ def pairwise_distance(query_features: torch.Tensor, gallery_features: torch.Tens
 
 
 _RESCORE_BLOCK_ELEMENTS = 1 << 18  # float32 elements of one block of gathered candidates (1 MiB)
+_SELECT_BLOCK = 8  # columns per run in the top-k selection of long rows (measured best of 4-32)
 
 
 def default_embed_dist_fn(logits: torch.Tensor) -> torch.Tensor:
@@ -228,13 +229,47 @@ def _smallest_k(distmat: torch.Tensor, k: int) -> tuple[torch.Tensor, Optional[t
     num_gallery = distmat.shape[1]
     if k >= num_gallery:
         return torch.topk(distmat, k, dim=1, largest=False, sorted=False).indices, None
-    # Unsorted selection is cheaper than sorting, and only the set and the (k+1)-th value matter:
-    # the re-scored values replace the top-k and the offset needs the first value after them.
-    vals, idx = torch.topk(distmat, k + 1, dim=1, largest=False, sorted=False)
+    # Only the set and the (k+1)-th value matter (the re-scored values replace the top-k and the
+    # offset needs the first value after them), so no sorting.
+    if num_gallery >= 8 * _SELECT_BLOCK * (k + 1):
+        return _smallest_k_in_blocks(distmat, k, _SELECT_BLOCK)
+    return _split_last(*torch.topk(distmat, k + 1, dim=1, largest=False, sorted=False))
+
+
+def _smallest_k_in_blocks(distmat: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_smallest_k` through the minima of runs of ``block`` columns; needs at least k + 1 runs.
+
+    Exact: every value outside the k + 1 runs with the smallest minima is at least as large as
+    each of those k + 1 minima, so the k + 1 smallest values of the row lie in those runs. Two
+    small selections (over the minima, then over the chosen runs) replace one over the whole row.
+    """
+    num_query, num_gallery = distmat.shape
+    whole = num_gallery // block
+    if whole + (num_gallery % block > 0) < k + 1:
+        raise ValueError(f"{num_gallery} columns make fewer than {k + 1} runs of {block}")
+    minima = distmat[:, :whole * block].unfold(1, block, block).amin(2)
+    if num_gallery % block:
+        minima = torch.cat([minima, distmat[:, whole * block:].amin(1, keepdim=True)], 1)
+    if torch.isnan(minima).any():
+        # amin lets a NaN hide its run's other values; topk ranks NaN last, as it should be.
+        return _split_last(*torch.topk(distmat, k + 1, dim=1, largest=False, sorted=False))
+    chosen = torch.topk(minima, k + 1, dim=1, largest=False, sorted=False).indices
+    cols = (chosen.unsqueeze(2) * block + torch.arange(block, device=distmat.device)).view(num_query, -1)
+    # Columns past the end (of the last, partial run) read as NaN, which topk puts after every
+    # real value (there is none among these rows), so they are never chosen.
+    past_end = cols >= num_gallery
+    values = torch.gather(distmat, 1, cols.clamp(max=num_gallery - 1)).masked_fill_(past_end, float("nan"))
+    vals, pos = torch.topk(values, k + 1, dim=1, largest=False, sorted=False)
+    return _split_last(vals, torch.gather(cols, 1, pos))
+
+
+def _split_last(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From each row's k + 1 smallest (values, columns): the columns of all but the largest, and
+    the largest value."""
     last = vals.argmax(1, keepdim=True)
     d_next = vals.gather(1, last).squeeze(1)
-    keep = torch.arange(k + 1, device=last.device).unsqueeze(0) != last
-    return idx[keep].view(-1, k), d_next
+    keep = torch.arange(vals.shape[1], device=last.device).unsqueeze(0) != last
+    return idx[keep].view(idx.shape[0], -1), d_next
 
 
 class CascadeEvaluator:

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from reid import evaluators
 from reid.evaluation_metrics import evaluate_rank
-from reid.evaluators import CascadeEvaluator, _smallest_k, pairwise_distance, rerank_distances
+from reid.evaluators import (CascadeEvaluator, _smallest_k, _smallest_k_in_blocks, pairwise_distance,
+                             rerank_distances)
 from reid.models.embedding import EltwiseSubEmbed
 
 
@@ -193,3 +194,51 @@ def test_smallest_k_is_a_valid_selection_with_ties(rows, cols, data):
         assert torch.equal(d_next, ordered[:, k])
     else:
         assert d_next is None
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 5), st.integers(2, 4), st.data())
+def test_selection_through_run_minima_is_exact_with_ties(rows, block, data):
+    # Few distinct values (ties straddle the k-th place and run minima), any row length with at
+    # least k + 1 runs (a partial last run included), infinities included.
+    k = data.draw(st.integers(1, 8))
+    cols = data.draw(st.integers((k + 1) * block - block + 1, 40))
+    values = data.draw(st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0, float("inf")]),
+                                min_size=rows * cols, max_size=rows * cols))
+    distmat = torch.tensor(values, dtype=torch.float32).view(rows, cols)
+    idx, d_next = _smallest_k_in_blocks(distmat, k, block)
+    ordered = torch.sort(distmat, dim=1).values
+    assert idx.shape == (rows, k) and bool((idx < cols).all())
+    for i in range(rows):
+        assert len(set(idx[i].tolist())) == k
+        assert sorted(distmat[i, idx[i]].tolist()) == ordered[i, :k].tolist()
+    assert torch.equal(d_next, ordered[:, k])
+
+
+def test_selection_through_run_minima_sees_past_a_nan():
+    # A NaN makes its run's minimum NaN; the run's small values must still be found.
+    row = torch.tensor([[5.0, 6.0, 7.0, 8.0, float("nan"), 0.5, 9.0, 9.5, 4.0, 4.5, 3.0, 3.5]])
+    idx, d_next = _smallest_k_in_blocks(row, 2, 2)
+    assert sorted(idx[0].tolist()) == [5, 10] and float(d_next) == 3.5
+
+
+def test_selection_through_run_minima_never_picks_past_the_end():
+    # The last run is partial; where the row's (k+1)-th value is infinite, the missing columns of
+    # that run must not tie with it.
+    inf = float("inf")
+    distmat = torch.tensor([[0.0] + [inf] * 8, [inf] * 9])
+    idx, d_next = _smallest_k_in_blocks(distmat, 2, 4)
+    assert bool((idx < 9).all()) and idx[0].tolist().count(0) == 1
+    assert torch.equal(d_next, torch.tensor([inf, inf]))
+
+
+def test_long_rows_are_selected_through_run_minima(monkeypatch):
+    # The second stage's selection takes the run path for long rows and gets plain topk's answer.
+    calls = []
+    real = _smallest_k_in_blocks
+    monkeypatch.setattr("reid.evaluators._smallest_k_in_blocks", lambda *a: calls.append(a[1:]) or real(*a))
+    distmat = torch.rand(7, 8 * 8 * 4 + 5, generator=torch.Generator().manual_seed(0))
+    idx, d_next = _smallest_k(distmat, 3)
+    assert calls == [(3, 8)]
+    vals, top = torch.topk(distmat, 4, dim=1, largest=False)
+    assert torch.equal(idx.sort(1).values, top[:, :3].sort(1).values) and torch.equal(d_next, vals[:, 3])
