@@ -79,9 +79,10 @@ def test_second_stage_square_head_matches_per_query_loop():
         assert a["mAP"] == b["mAP"] and a["cmc"] == b["cmc"]
 
 
-def test_compiled_second_stage_matches_per_query_loop(caplog):
-    # The torch.compile kernel (dynamic shapes: full blocks of 5 queries, a last block of 3, and
-    # three top-k sizes through one compilation) against the release's loop.
+def test_compiled_second_stage_matches_per_query_loop(caplog, monkeypatch):
+    # The torch.compile kernel (dynamic shapes: blocks of 20 + 3 and of 5 x 4 + 3 queries, three
+    # top-k sizes, all through one compilation) against the release's loop.
+    monkeypatch.setattr(evaluators, "_COMPILED_BLOCK_PAIRS", 20)
     qf, gf, q_ids, g_ids, q_cams, g_cams = _problem(seed=11)
     head = _head("square", qf.shape[1], seed=12)
     distmat = pairwise_distance(qf, gf)
