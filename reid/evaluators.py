@@ -241,29 +241,28 @@ def _smallest_k(distmat: torch.Tensor, k: int) -> tuple[torch.Tensor, Optional[t
 
 
 def _smallest_k_in_blocks(distmat: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_smallest_k` through the minima of runs of ``block`` columns; needs at least k + 1 runs.
+    """:func:`_smallest_k` through the minima of runs of ``block`` columns; needs at least k + 1
+    whole runs.
 
-    Exact: every value outside the k + 1 runs with the smallest minima is at least as large as
-    each of those k + 1 minima, so the k + 1 smallest values of the row lie in those runs. Two
-    small selections (over the minima, then over the chosen runs) replace one over the whole row.
+    Exact: every value outside the k + 1 runs with the smallest minima (and outside the last
+    columns, which make no whole run and are always kept) is at least as large as each of those
+    k + 1 minima, so the k + 1 smallest values of the row lie in those runs or those columns. Two
+    small selections (over the minima, then over the kept columns) replace one over the row.
     """
     num_query, num_gallery = distmat.shape
     whole = num_gallery // block
-    if whole + (num_gallery % block > 0) < k + 1:
+    if whole < k + 1:
         raise ValueError(f"{num_gallery} columns make fewer than {k + 1} runs of {block}")
     minima = distmat[:, :whole * block].unfold(1, block, block).amin(2)
-    if num_gallery % block:
-        minima = torch.cat([minima, distmat[:, whole * block:].amin(1, keepdim=True)], 1)
     if torch.isnan(minima).any():
         # amin lets a NaN hide its run's other values; topk ranks NaN last, as it should be.
         return _split_last(*torch.topk(distmat, k + 1, dim=1, largest=False, sorted=False))
     chosen = torch.topk(minima, k + 1, dim=1, largest=False, sorted=False).indices
     cols = (chosen.unsqueeze(2) * block + torch.arange(block, device=distmat.device)).view(num_query, -1)
-    # Columns past the end (of the last, partial run) read as NaN, which topk puts after every
-    # real value (there is none among these rows), so they are never chosen.
-    past_end = cols >= num_gallery
-    values = torch.gather(distmat, 1, cols.clamp(max=num_gallery - 1)).masked_fill_(past_end, float("nan"))
-    vals, pos = torch.topk(values, k + 1, dim=1, largest=False, sorted=False)
+    if num_gallery > whole * block:
+        rest = torch.arange(whole * block, num_gallery, device=distmat.device)
+        cols = torch.cat([cols, rest.expand(num_query, -1)], 1)
+    vals, pos = torch.topk(torch.gather(distmat, 1, cols), k + 1, dim=1, largest=False, sorted=False)
     return _split_last(vals, torch.gather(cols, 1, pos))
 
 
@@ -272,8 +271,9 @@ def _split_last(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, to
     the largest value."""
     last = vals.argmax(1, keepdim=True)
     d_next = vals.gather(1, last).squeeze(1)
-    keep = torch.arange(vals.shape[1], device=last.device).unsqueeze(0) != last
-    return idx[keep].view(idx.shape[0], -1), d_next
+    # The last column's entry moves into the largest's place; the first k columns are the rest.
+    idx = idx.scatter(1, last, idx[:, -1:])
+    return idx[:, :-1], d_next
 
 
 class CascadeEvaluator:

@@ -201,9 +201,9 @@ def test_smallest_k_is_a_valid_selection_with_ties(rows, cols, data):
 @given(st.integers(1, 5), st.integers(2, 4), st.data())
 def test_selection_through_run_minima_is_exact_with_ties(rows, block, data):
     # Few distinct values (ties straddle the k-th place and run minima), any row length with at
-    # least k + 1 runs (a partial last run included), infinities included.
+    # least k + 1 whole runs (some columns left over, or none), infinities included.
     k = data.draw(st.integers(1, 8))
-    cols = data.draw(st.integers((k + 1) * block - block + 1, 40))
+    cols = data.draw(st.integers((k + 1) * block, 40))
     values = data.draw(st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0, float("inf")]),
                                 min_size=rows * cols, max_size=rows * cols))
     distmat = torch.tensor(values, dtype=torch.float32).view(rows, cols)
@@ -218,19 +218,17 @@ def test_selection_through_run_minima_is_exact_with_ties(rows, block, data):
 
 def test_selection_through_run_minima_sees_past_a_nan():
     # A NaN makes its run's minimum NaN; the run's small values must still be found.
-    row = torch.tensor([[5.0, 6.0, 7.0, 8.0, float("nan"), 0.5, 9.0, 9.5, 4.0, 4.5, 3.0, 3.5]])
+    row = torch.tensor([[5.0, 6.0, 7.0, 8.0, float("nan"), 0.5, 9.0, 9.5, 4.0, 4.5, 3.0, 3.5, 7.0]])
     idx, d_next = _smallest_k_in_blocks(row, 2, 2)
     assert sorted(idx[0].tolist()) == [5, 10] and float(d_next) == 3.5
 
 
-def test_selection_through_run_minima_never_picks_past_the_end():
-    # The last run is partial; where the row's (k+1)-th value is infinite, the missing columns of
-    # that run must not tie with it.
-    inf = float("inf")
-    distmat = torch.tensor([[0.0] + [inf] * 8, [inf] * 9])
-    idx, d_next = _smallest_k_in_blocks(distmat, 2, 4)
-    assert bool((idx < 9).all()) and idx[0].tolist().count(0) == 1
-    assert torch.equal(d_next, torch.tensor([inf, inf]))
+def test_selection_through_run_minima_keeps_the_columns_past_the_last_run():
+    # 11 columns in runs of 4: the last three make no run; the smallest values are there.
+    row = torch.tensor([[5.0, 6.0, 7.0, 8.0, 4.0, 9.0, 9.0, 9.0, 1.0, 0.5, 2.0],
+                        [0.0, 6.0, 7.0, 8.0, 9.0, 9.0, 9.0, 9.0, 1.0, 0.5, 2.0]])
+    idx, d_next = _smallest_k_in_blocks(row, 1, 4)
+    assert idx.tolist() == [[9], [0]] and d_next.tolist() == [1.0, 0.5]
 
 
 def test_long_rows_are_selected_through_run_minima(monkeypatch):
