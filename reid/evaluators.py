@@ -273,7 +273,7 @@ def _split_last(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, to
     d_next = vals.gather(1, last).squeeze(1)
     # The last column's entry moves into the largest's place; the first k columns are the rest.
     idx = idx.scatter(1, last, idx[:, -1:])
-    return idx[:, :-1], d_next
+    return idx[:, :-1].contiguous(), d_next
 
 
 class CascadeEvaluator:
