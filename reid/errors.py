@@ -7,6 +7,13 @@ print ``error: <message>`` instead of a traceback.
 """
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty), for
+    one-line errors built from a library's multi-line ones."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class FDGANError(Exception):
     """Base class of every error caused by user input."""
 

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from reid.errors import first_line
 from reid.evaluation_metrics import evaluate_rank, format_results
 
 logger = logging.getLogger(__name__)
@@ -218,8 +219,7 @@ def _folded_scores_compiled(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.T
         except Exception as exc:  # noqa: BLE001  (the backend's failure is reported, then we score eagerly)
             if blocks:
                 raise
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            logger.warning("compiled re-scoring unavailable (%s); scoring without compilation", reason)
+            logger.warning("compiled re-scoring unavailable (%s); scoring without compilation", first_line(exc))
             return None
     return torch.cat(blocks)
 

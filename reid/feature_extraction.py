@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from reid import models
-from reid.errors import CheckpointError, ConfigError, DatasetError
+from reid.errors import CheckpointError, ConfigError, DatasetError, first_line
 from reid.utils.data.images import read_image
 from reid.utils.data.transforms import build_test_transform
 from reid.utils.osutils import PathLike, atomic_path, saving_to
@@ -342,6 +342,5 @@ def read_features_h5(path: PathLike) -> Tuple[List[str], np.ndarray, Dict[str, A
     except FileNotFoundError:
         raise DatasetError(f"{path}: features file not found") from None
     except (OSError, KeyError) as e:
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DatasetError(f"{path}: not a features file ({detail})") from None
+        raise DatasetError(f"{path}: not a features file ({first_line(e)})") from None
     return names, feats, attrs

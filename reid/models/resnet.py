@@ -26,7 +26,7 @@ from torchvision.models import (
     ResNet152_Weights,
 )
 
-from reid.errors import ConfigError
+from reid.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,6 @@ def _check_depth(depth: int) -> None:
         raise ConfigError(f"unsupported ResNet depth {depth!r} (choices: {choices})")
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _imagenet_state_dict(depth: int) -> Dict[str, torch.Tensor]:
     """Fetch torchvision's ImageNet weights (from the hub cache, downloading when online)."""
     weights = _WEIGHTS[depth]
@@ -84,11 +79,11 @@ def _imagenet_state_dict(depth: int) -> Dict[str, torch.Tensor]:
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         if os.path.isfile(cached):
             raise ConfigError(
-                f"ImageNet weights file {cached} cannot be read ({_first_line(e)}); replace it with "
+                f"ImageNet weights file {cached} cannot be read ({first_line(e)}); replace it with "
                 f"a fresh copy of {weights.url} or pass --no-pretrained"
             ) from None
         raise ConfigError(
-            f"ImageNet weights for resnet{depth} are not available ({_first_line(e)}): put "
+            f"ImageNet weights for resnet{depth} are not available ({first_line(e)}): put "
             f"{os.path.basename(cached)} (from {weights.url}) into {os.path.dirname(cached)}, "
             f"or pass --no-pretrained"
         ) from None
@@ -161,7 +156,7 @@ class ResNet(nn.Module):
             except RuntimeError as e:
                 raise ConfigError(
                     f"{imagenet_weights_file(depth)} does not hold resnet{depth} weights "
-                    f"({_first_line(e)}); replace it or pass --no-pretrained"
+                    f"({first_line(e)}); replace it or pass --no-pretrained"
                 ) from None
             log.info("resnet%d: loaded ImageNet weights from %s", depth, imagenet_weights_file(depth))
 

@@ -102,12 +102,12 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
 def saving_to(path: PathLike) -> Iterator[None]:
     """Around a library's save call (``torch.jit.save``, h5py, ...): its I/O failure (an OSError,
     or the RuntimeError PyTorch's file writer raises) becomes one WriteError line naming ``path``."""
-    from reid.errors import WriteError
+    from reid.errors import WriteError, first_line
 
     try:
         yield
     except (OSError, RuntimeError) as e:
-        reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        reason = getattr(e, "strerror", None) or first_line(e)
         raise WriteError(f"{path}: could not write ({reason}); the previous file, if any, is unchanged") from None
 
 

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from reid.errors import CheckpointError
+from reid.errors import CheckpointError, first_line
 from reid.utils.osutils import PathLike, atomic_write
 
 _PREFIXES = ("module.", "_orig_mod.")
@@ -53,8 +53,7 @@ def load_checkpoint(fpath: PathLike, map_location: Any = "cpu") -> Any:
         raise CheckpointError(f"{fpath}: not a readable checkpoint (truncated, corrupt, or holding objects "
                               f"other than tensors and plain containers): {reason}") from None
     except Exception as e:  # noqa: BLE001 - whatever a damaged file makes the unpickler raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{fpath}: not a readable checkpoint (truncated or corrupt?): {msg}") from None
+        raise CheckpointError(f"{fpath}: not a readable checkpoint (truncated or corrupt?): {first_line(e)}") from None
 
 
 def _refusal_reason(text: str) -> str:

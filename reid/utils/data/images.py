@@ -5,7 +5,7 @@ import os
 
 from PIL import Image, UnidentifiedImageError
 
-from reid.errors import DatasetError
+from reid.errors import DatasetError, first_line
 from reid.utils.osutils import PathLike
 
 
@@ -23,4 +23,4 @@ def read_image(path: PathLike) -> Image.Image:
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DatasetError(f"{path}: unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise DatasetError(f"{path}: unreadable image ({first_line(e)})") from None
