@@ -1,7 +1,6 @@
 """Feature extraction, distances and the two-stage cascade evaluation (spec section 7)."""
 from __future__ import annotations
 
-import functools
 import logging
 from collections import OrderedDict
 from typing import Callable, Iterable, Optional, Sequence
@@ -12,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from reid.compiled_rescoring import compiled_pair_scores
 from reid.errors import first_line
 from reid.evaluation_metrics import evaluate_rank, format_results
 
@@ -111,9 +111,10 @@ def rerank_distances(
 
     With ``compiled``, the folded scores come from one ``torch.compile``-generated kernel that
     reads each candidate's features once and materialises nothing per pair (docs/performance.md:
-    the scoring 2-2.5x faster on a CPU once compiled; the first call of a process compiles, 2-20
-    s). Where compilation fails (no C++ compiler, for one) it logs a warning and scores eagerly;
-    other heads ignore it.
+    the scoring 2-2.5x faster on a CPU once compiled). The first call of a process compiles it,
+    first in a child process that a native crash cannot spread from, then here from the cache
+    that child filled (5-25 s in all). Where compilation fails or crashes (no C++ compiler, for
+    one) it logs a warning and scores eagerly; other heads ignore it.
     """
     num_query, num_gallery = distmat.shape
     k = min(int(rerank_topk), num_gallery)
@@ -193,24 +194,13 @@ def _folded_scores(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Tensor, v:
     return out
 
 
-def _pair_scores(q: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, v: torch.Tensor,
-                 c: torch.Tensor) -> torch.Tensor:
-    """The folded head as one expression, for torch.compile to fuse into a gather-reduce kernel."""
-    diff = q.unsqueeze(1) - g[idx]
-    return torch.sigmoid((diff * diff * v).sum(-1) + c)
-
-
-@functools.cache
-def _compiled_pair_scores() -> Callable[..., torch.Tensor]:
-    # Dynamic shapes: one compilation serves every block size, top-k and gallery.
-    return torch.compile(_pair_scores, dynamic=True)
-
-
 def _folded_scores_compiled(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Tensor, v: torch.Tensor,
                             c: torch.Tensor, step: int) -> Optional[torch.Tensor]:
     """:func:`_folded_scores` through the compiled kernel; None (and a warning) where it cannot be
     compiled. Blocks of ``step`` queries bound the memory should a backend not fuse the gather."""
-    kernel = _compiled_pair_scores()
+    kernel = compiled_pair_scores(gf.device.type, torch.get_num_threads())
+    if kernel is None:
+        return None
     blocks = []
     for start in range(0, top_idx.shape[0], step):
         sl = slice(start, start + step)

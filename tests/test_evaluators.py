@@ -1,5 +1,8 @@
 """The cascade evaluation: distances, batched second stage against a per-query reference loop."""
 import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,11 +11,14 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reid import evaluators
+from reid import compiled_rescoring, evaluators
 from reid.evaluation_metrics import evaluate_rank
 from reid.evaluators import (CascadeEvaluator, _smallest_k, _smallest_k_in_blocks, pairwise_distance,
                              rerank_distances)
 from reid.models.embedding import EltwiseSubEmbed
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(TESTS_DIR)
 
 
 def _head(nonlinearity: str, dims: int, seed: int = 0) -> EltwiseSubEmbed:
@@ -79,30 +85,47 @@ def test_second_stage_square_head_matches_per_query_loop():
         assert a["mAP"] == b["mAP"] and a["cmc"] == b["cmc"]
 
 
-def test_compiled_second_stage_matches_per_query_loop(caplog, monkeypatch):
-    # The torch.compile kernel (dynamic shapes: blocks of 20 + 3 and of 5 x 4 + 3 queries, three
-    # top-k sizes, all through one compilation) against the release's loop.
-    monkeypatch.setattr(evaluators, "_COMPILED_BLOCK_PAIRS", 20)
+def check_compiled_against_loop() -> None:
+    """Run in a child process by the next test: the torch.compile kernel (dynamic shapes: blocks of
+    20 + 3 and of 5 x 4 + 3 queries, three top-k sizes, all through one compilation) against the
+    release's loop. Prints whether the compiled kernel or, after its warning, the eager path scored."""
+    evaluators._COMPILED_BLOCK_PAIRS = 20
     qf, gf, q_ids, g_ids, q_cams, g_cams = _problem(seed=11)
     head = _head("square", qf.shape[1], seed=12)
     distmat = pairwise_distance(qf, gf)
-    with caplog.at_level(logging.WARNING, logger="reid.evaluators"):
-        for topk in (1, 10, 57):
-            ours = rerank_distances(distmat, qf, gf, head, rerank_topk=topk, chunk_size=5, compiled=True)
-            ref = _reference_rerank(distmat, qf, gf, head, topk)
-            assert torch.allclose(ours, ref, atol=1e-5), topk
-            a = evaluate_rank(ours, q_ids, g_ids, q_cams, g_cams)
-            b = evaluate_rank(ref, q_ids, g_ids, q_cams, g_cams)
-            assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-12) and a["cmc"] == b["cmc"]
-    # Where compilation fails the eager path scores instead, with a warning: none here.
-    assert not [r for r in caplog.records if r.name == "reid.evaluators"]
+    for topk in (1, 10, 57):
+        ours = rerank_distances(distmat, qf, gf, head, rerank_topk=topk, chunk_size=5, compiled=True)
+        ref = _reference_rerank(distmat, qf, gf, head, topk)
+        assert torch.allclose(ours, ref, atol=1e-5), topk
+        a = evaluate_rank(ours, q_ids, g_ids, q_cams, g_cams)
+        b = evaluate_rank(ref, q_ids, g_ids, q_cams, g_cams)
+        assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-12) and a["cmc"] == b["cmc"]
+    compiled = compiled_rescoring.compiled_pair_scores("cpu", torch.get_num_threads()) is not None
+    print("compiled" if compiled else "eager")
+
+
+def test_compiled_second_stage_matches_per_query_loop():
+    # In a fresh process: a native crash of the compiler or of its kernel fails this test, not
+    # the test run. The child checks the scores; here, that it said which path scored, and that
+    # the eager one is only taken after the one warning.
+    code = ("import logging, sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; logging.basicConfig(level=logging.INFO); "
+            "import test_evaluators; test_evaluators.check_compiled_against_loop()")
+    proc = subprocess.run([sys.executable, "-c", code, REPO_ROOT, TESTS_DIR], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if "compiled re-scoring unavailable" in line]
+    checked = [line for line in proc.stderr.splitlines() if "compiled re-scoring kernel checked" in line]
+    if proc.stdout.split() == ["compiled"]:
+        assert not warnings and len(checked) == 1, proc.stderr[-3000:]
+    else:
+        assert proc.stdout.split() == ["eager"] and len(warnings) == 1 and not checked, proc.stderr[-3000:]
 
 
 def test_compiled_second_stage_falls_back_with_a_warning(monkeypatch, caplog):
     def no_compiler(*args):
         raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
 
-    monkeypatch.setattr(evaluators, "_compiled_pair_scores", lambda: no_compiler)
+    monkeypatch.setattr(evaluators, "compiled_pair_scores", lambda *args: no_compiler)
     qf, gf, *_ = _problem(seed=13)
     head = _head("square", qf.shape[1], seed=14)
     distmat = pairwise_distance(qf, gf)
@@ -112,6 +135,44 @@ def test_compiled_second_stage_falls_back_with_a_warning(monkeypatch, caplog):
     assert [r.getMessage() for r in caplog.records if r.name == "reid.evaluators"] == [
         "compiled re-scoring unavailable (InvalidCxxCompiler: No working C++ compiler found); "
         "scoring without compilation"]
+
+
+@pytest.fixture
+def fresh_compiled_kernel_cache():
+    compiled_rescoring.compiled_pair_scores.cache_clear()
+    yield
+    compiled_rescoring.compiled_pair_scores.cache_clear()
+
+
+@pytest.mark.parametrize("child, reason", [
+    ("import os; os.abort()", "its test compilation in a child process died of SIGABRT"),
+    ("import sys; sys.stderr.write('W: noise\\nInvalidCxxCompiler: no compiler\\n'); sys.exit(1)",
+     "InvalidCxxCompiler: no compiler"),
+    ("import sys; sys.exit(3)", "its test compilation in a child process exited with 3"),
+])
+def test_a_crashing_test_compilation_leaves_this_process_scoring_eagerly(monkeypatch, caplog, child, reason,
+                                                                         fresh_compiled_kernel_cache):
+    # The kernel is compiled here only after a child process compiled and ran it: a native abort
+    # in the compiler or its kernel ends that child, and this process scores eagerly.
+    monkeypatch.setattr(compiled_rescoring, "_probe_command", lambda *args: [sys.executable, "-c", child])
+    qf, gf, *_ = _problem(seed=15)
+    head = _head("square", qf.shape[1], seed=16)
+    distmat = pairwise_distance(qf, gf)
+    with caplog.at_level(logging.WARNING, logger="reid.compiled_rescoring"):
+        ours = rerank_distances(distmat, qf, gf, head, rerank_topk=8, compiled=True)
+        again = rerank_distances(distmat, qf, gf, head, rerank_topk=8, compiled=True)
+    eager = rerank_distances(distmat, qf, gf, head, rerank_topk=8)
+    assert torch.equal(ours, eager) and torch.equal(again, eager)
+    # One warning per process, however many evaluations follow.
+    assert [r.getMessage() for r in caplog.records if r.name == "reid.compiled_rescoring"] == [
+        f"compiled re-scoring unavailable ({reason}); scoring without compilation"]
+
+
+def test_a_hanging_test_compilation_is_stopped(monkeypatch):
+    monkeypatch.setattr(compiled_rescoring, "_probe_command",
+                        lambda *args: [sys.executable, "-c", "import time; time.sleep(30)"])
+    assert compiled_rescoring.probe_compilation("cpu", 1, timeout_s=0.5) == (
+        "its test compilation in a child process took over 0.5 s")
 
 
 def test_second_stage_generic_head_matches_per_query_loop():
