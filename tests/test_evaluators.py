@@ -175,6 +175,21 @@ def test_a_hanging_test_compilation_is_stopped(monkeypatch):
         "its test compilation in a child process took over 0.5 s")
 
 
+@pytest.mark.parametrize("topk", [0, 6, 57, 80])
+def test_second_stage_can_overwrite_the_distance_matrix(topk):
+    # The same values as a fresh matrix, written into the first stage's (k >= gallery size: no
+    # offset; k = 0: nothing re-scored).
+    qf, gf, *_ = _problem(seed=17)
+    head = _head("square", qf.shape[1], seed=18)
+    distmat = pairwise_distance(qf, gf)
+    fresh = rerank_distances(distmat, qf, gf, head, rerank_topk=topk)
+    assert not torch.equal(fresh, distmat) or topk == 0
+    result = rerank_distances(distmat, qf, gf, head, rerank_topk=topk, overwrite=True)
+    assert result.data_ptr() == distmat.data_ptr() and torch.equal(distmat, fresh)
+    with pytest.raises(ValueError, match="overwrite needs a float32 distance matrix, not torch.float64"):
+        rerank_distances(distmat.double(), qf, gf, head, rerank_topk=topk, overwrite=True)
+
+
 def test_second_stage_generic_head_matches_per_query_loop():
     qf, gf, *_ = _problem(seed=3)
     head = _head("abs", qf.shape[1], seed=2)

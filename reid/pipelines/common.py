@@ -94,7 +94,7 @@ def evaluate_on_test(
         logger.info("%s protocol: %d query and %d gallery images", protocol, len(ds.query), len(ds.gallery))
         results[protocol] = evaluator.evaluate_features(
             qf, gf, pairwise_distance(qf, gf), ds.query, ds.gallery, rerank_topk=rerank_topk,
-            dataset=dataset_name, title=f"{title}[{protocol}] ",
+            dataset=dataset_name, title=f"{title}[{protocol}] ", overwrite_distmat=True,
         )
         if k_reciprocal:
             config = "cuhk03" if dataset_name == "cuhk03" else "market1501"
