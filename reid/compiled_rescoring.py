@@ -30,11 +30,11 @@ PROBE_TIMEOUT_S = 600.0  # a cold compilation takes 3-20 s on a 2-core CPU; this
 _PROBE_TOLERANCE = 1e-5
 
 
-def pair_scores(q: torch.Tensor, g: torch.Tensor, idx: torch.Tensor, v: torch.Tensor,
+def pair_scores(q: torch.Tensor, g: torch.Tensor, qi: torch.Tensor, gi: torch.Tensor, v: torch.Tensor,
                 c: torch.Tensor) -> torch.Tensor:
-    """``sigmoid(sum_d v_d (q_d - g[idx]_d)^2 + c)`` written as one expression, for torch.compile
-    to fuse into one gather-reduce loop: (n, k) scores for queries (n, d) and candidates idx (n, k)."""
-    diff = q.unsqueeze(1) - g[idx]
+    """``sigmoid(sum_d v_d (q[qi]_d - g[gi]_d)^2 + c)`` for the pairs (qi, gi) of query rows and
+    gallery rows, written as one expression for torch.compile to fuse into one gather-reduce loop."""
+    diff = q[qi] - g[gi]
     return torch.sigmoid((diff * diff * v).sum(-1) + c)
 
 
@@ -89,14 +89,15 @@ def _check_kernel(device_type: str, num_threads: int) -> Optional[str]:
     # Distinct sizes, none 0 or 1, so that the dynamic-shape graph is the one real calls reuse.
     q = torch.randn(6, 40, generator=gen)
     g = torch.randn(23, 40, generator=gen)
-    idx = torch.randint(0, 23, (6, 5), generator=gen)
+    qi = torch.randint(0, 6, (31,), generator=gen)
+    gi = torch.randint(0, 23, (31,), generator=gen)
     v = torch.randn(40, generator=gen) * 0.1
     c = torch.tensor(0.25)
     kernel = torch.compile(pair_scores, dynamic=True)
-    q, g, idx, v, c = (t.to(dev) for t in (q, g, idx, v, c))
+    q, g, qi, gi, v, c = (t.to(dev) for t in (q, g, qi, gi, v, c))
     with torch.inference_mode():
-        got = kernel(q, g, idx, v, c)
-        want = pair_scores(q, g, idx, v, c)
+        got = kernel(q, g, qi, gi, v, c)
+        want = pair_scores(q, g, qi, gi, v, c)
     err = (got - want).abs().max().item()
     if not err <= _PROBE_TOLERANCE:
         return f"the compiled kernel's scores differ from the eager formula's by {err:.3g}"

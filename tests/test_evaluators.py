@@ -86,9 +86,10 @@ def test_second_stage_square_head_matches_per_query_loop():
 
 
 def check_compiled_against_loop() -> None:
-    """Run in a child process by the next test: the torch.compile kernel (dynamic shapes: blocks of
-    20 + 3 and of 5 x 4 + 3 queries, three top-k sizes, all through one compilation) against the
-    release's loop. Prints whether the compiled kernel or, after its warning, the eager path scored."""
+    """Run in a child process by the next test: the torch.compile kernel (dynamic shapes: calls of
+    20 + 3, 4 x 50 + 30 and 4 x 285 + 171 pairs for three top-k sizes, all through one
+    compilation) against the release's loop. Prints whether the compiled kernel or, after its
+    warning, the eager path scored."""
     evaluators._COMPILED_BLOCK_PAIRS = 20
     qf, gf, q_ids, g_ids, q_cams, g_cams = _problem(seed=11)
     head = _head("square", qf.shape[1], seed=12)
