@@ -7,7 +7,7 @@ process; only when that child exits cleanly, with scores equal to the eager form
 kernel compiled here (from the on-disk cache the child filled). Otherwise the caller gets
 ``None`` and one warning, and scores eagerly.
 
-Run as ``python -m reid.compiled_rescoring DEVICE_TYPE NUM_THREADS`` it is that child.
+Run as ``python -m reid.compiled_rescoring DEVICE NUM_THREADS`` it is that child.
 """
 from __future__ import annotations
 
@@ -39,12 +39,12 @@ def pair_scores(q: torch.Tensor, g: torch.Tensor, qi: torch.Tensor, gi: torch.Te
 
 
 @functools.cache
-def compiled_pair_scores(device_type: str, num_threads: int) -> Optional[Callable[..., torch.Tensor]]:
-    """:func:`pair_scores` compiled for tensors on ``device_type`` ("cpu", "cuda") with
+def compiled_pair_scores(device: str, num_threads: int) -> Optional[Callable[..., torch.Tensor]]:
+    """:func:`pair_scores` compiled for tensors on ``device`` ("cpu", "cuda:0") with
     ``num_threads`` intra-op threads, or None (after one warning) where the test compilation in a
     child process failed, crashed or gave other scores."""
     start = time.perf_counter()
-    failure = probe_compilation(device_type, num_threads)
+    failure = probe_compilation(device, num_threads)
     if failure is not None:
         logger.warning("compiled re-scoring unavailable (%s); scoring without compilation", failure)
         return None
@@ -53,13 +53,13 @@ def compiled_pair_scores(device_type: str, num_threads: int) -> Optional[Callabl
     return torch.compile(pair_scores, dynamic=True)
 
 
-def probe_compilation(device_type: str, num_threads: int, timeout_s: float = PROBE_TIMEOUT_S) -> Optional[str]:
+def probe_compilation(device: str, num_threads: int, timeout_s: float = PROBE_TIMEOUT_S) -> Optional[str]:
     """Compile and check the kernel in a child process; None where it worked, else why not (one line)."""
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     try:
-        proc = subprocess.run(_probe_command(device_type, num_threads), env=env, capture_output=True, text=True,
+        proc = subprocess.run(_probe_command(device, num_threads), env=env, capture_output=True, text=True,
                               timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         return f"its test compilation in a child process took over {timeout_s:g} s"
@@ -77,14 +77,14 @@ def probe_compilation(device_type: str, num_threads: int, timeout_s: float = PRO
     return lines[-1].strip() if lines else f"its test compilation in a child process exited with {proc.returncode}"
 
 
-def _probe_command(device_type: str, num_threads: int) -> list[str]:
-    return [sys.executable, "-m", "reid.compiled_rescoring", device_type, str(num_threads)]
+def _probe_command(device: str, num_threads: int) -> list[str]:
+    return [sys.executable, "-m", "reid.compiled_rescoring", device, str(num_threads)]
 
 
-def _check_kernel(device_type: str, num_threads: int) -> Optional[str]:
+def _check_kernel(device: str, num_threads: int) -> Optional[str]:
     """In the child: compile, run on a small problem, compare with the eager formula."""
     torch.set_num_threads(num_threads)
-    dev = torch.device(device_type)
+    dev = torch.device(device)
     gen = torch.Generator().manual_seed(0)
     # Distinct sizes, none 0 or 1, so that the dynamic-shape graph is the one real calls reuse.
     q = torch.randn(6, 40, generator=gen)

@@ -207,7 +207,7 @@ def _folded_scores_compiled(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.T
                             c: torch.Tensor, block_pairs: int) -> Optional[torch.Tensor]:
     """:func:`_folded_scores` through the compiled kernel, ``block_pairs`` pairs a call; None (and
     a warning) where it cannot be compiled."""
-    kernel = compiled_pair_scores(gf.device.type, torch.get_num_threads())
+    kernel = compiled_pair_scores(str(gf.device), torch.get_num_threads())
     if kernel is None:
         return None
     num_query, k = top_idx.shape

@@ -169,6 +169,12 @@ def test_a_crashing_test_compilation_leaves_this_process_scoring_eagerly(monkeyp
         f"compiled re-scoring unavailable ({reason}); scoring without compilation"]
 
 
+def test_the_test_compilation_reports_its_error_in_one_line():
+    # The real child, asked for a device torch does not know: its error, first line only.
+    failure = compiled_rescoring.probe_compilation("nodevice", 1)
+    assert failure is not None and failure.startswith("Expected one of cpu") and "\n" not in failure
+
+
 def test_a_hanging_test_compilation_is_stopped(monkeypatch):
     monkeypatch.setattr(compiled_rescoring, "_probe_command",
                         lambda *args: [sys.executable, "-c", "import time; time.sleep(30)"])
