@@ -26,7 +26,7 @@ from reid.errors import first_line
 
 logger = logging.getLogger(__name__)
 
-PROBE_TIMEOUT_S = 600.0  # a cold compilation takes 3-20 s on a 2-core CPU; this only stops a hang
+PROBE_TIMEOUT_S = 600.0  # a cold test compilation takes about 15 s on a 2-core CPU; this stops a hang
 _PROBE_TOLERANCE = 1e-5
 
 

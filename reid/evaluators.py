@@ -111,8 +111,8 @@ def rerank_distances(
     pair; ``embed_model`` must be on ``device``. The result is on ``distmat``'s device.
 
     With ``compiled``, the folded scores come from one ``torch.compile``-generated kernel that
-    reads each candidate's features once and materialises nothing per pair (docs/performance.md:
-    the scoring 2-2.5x faster on a CPU once compiled). The first call of a process compiles it,
+    takes the pairs in gallery order and materialises nothing per pair (docs/performance.md: the
+    scoring 3-4x faster on a CPU once compiled). The first call of a process compiles it,
     first in a child process that a native crash cannot spread from, then here from the cache
     that child filled (5-25 s in all). Where compilation fails or crashes (no C++ compiler, for
     one) it logs a warning and scores eagerly; other heads ignore it.
