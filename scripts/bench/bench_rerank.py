@@ -187,7 +187,7 @@ def main() -> int:
                         ("rerank_distances, general batched path", t_general, c_general)):
         print(f"{label + ':':45s}{t:7.3f} ({c:7.3f})  {t_release / t:5.1f}x ({c_release / c:5.1f}x)")
     print(f"compiled=True, first call of the process (compiles): {t_first_compiled:.2f} s")
-    print("target >= 10x for ours; ours (both) the best of "
+    print("target >= 10x for ours; ours (every variant) the best of "
           f"{args.repeats} runs, the others single runs")
     print(f"max |distance difference| vs release (target <= 1e-5): ours {max_diff(ours):.3e}, "
           f"compiled {max_diff(compiled):.3e}, general {max_diff(general):.3e}; overwrite=True equals "
