@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 600.0  # a cold test compilation takes about 15 s on a 2-core CPU; this stops a hang
 _PROBE_TOLERANCE = 1e-5
+# Logged once, with the reason, wherever the compiled path gives way to eager scoring.
+UNAVAILABLE = "compiled re-scoring unavailable (%s); scoring without compilation"
 
 
 def pair_scores(q: torch.Tensor, g: torch.Tensor, qi: torch.Tensor, gi: torch.Tensor, v: torch.Tensor,
@@ -46,7 +48,7 @@ def compiled_pair_scores(device: str, num_threads: int) -> Optional[Callable[...
     start = time.perf_counter()
     failure = probe_compilation(device, num_threads)
     if failure is not None:
-        logger.warning("compiled re-scoring unavailable (%s); scoring without compilation", failure)
+        logger.warning(UNAVAILABLE, failure)
         return None
     logger.info("compiled re-scoring kernel checked in a child process (%.1f s)", time.perf_counter() - start)
     # Dynamic shapes: one compilation serves every block size, top-k and gallery.

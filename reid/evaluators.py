@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from reid.compiled_rescoring import compiled_pair_scores
+from reid.compiled_rescoring import UNAVAILABLE, compiled_pair_scores
 from reid.errors import first_line
 from reid.evaluation_metrics import evaluate_rank, format_results
 
@@ -224,7 +224,7 @@ def _folded_scores_compiled(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.T
         except Exception as exc:  # noqa: BLE001  (the backend's failure is reported, then we score eagerly)
             if start:
                 raise
-            logger.warning("compiled re-scoring unavailable (%s); scoring without compilation", first_line(exc))
+            logger.warning(UNAVAILABLE, first_line(exc))
             return None
     return torch.empty_like(scores).scatter_(0, order, scores).view(num_query, k)
 
