@@ -20,6 +20,7 @@ from fdgan.networks import (
 from fdgan.utils.util import posemap2im, tensor2im
 from reid.errors import ConfigError
 from reid.pipelines.common import build_siamese
+from reid.utils.optim import fused_kwargs, load_optimizer_state
 from reid.utils.runtime import DistributedContext, MixedPrecision, convert_sync_batchnorm, resolve_mixed_precision
 from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint, save_checkpoint
 
@@ -63,8 +64,11 @@ class FDGANModel:
         apply_lr_mult: apply the per-group lr multipliers of stage 2 (the release ignores them).
         share_di_features: compute Di's backbone pass over the origin images once per update (Di's
             BatchNorm is frozen, so the numbers are those of separate passes).
-        skip_unused_grads: compute no weight gradients for Di and Dp in G's step (only G, and E in
-            stage 2, is updated there; the release computes them and throws them away).
+        skip_unused_grads: compute no weight gradients that no optimiser uses: Di's and Dp's in
+            G's step (only G, and E in stage 2, is updated there), and in stage 1 the frozen E's
+            (the release back-propagates G's loss through E and never uses the result).
+        fused_optimizers: update with PyTorch's fused SGD/Adam kernels on CPU and CUDA (the release
+            loops over the parameters; the updates differ by rounding).
         device: where the networks live.
         mixed_precision: autocast settings of the step (``--amp``); fp16 uses ``self.scaler``.
         channels_last: keep weights and image batches in the channels-last memory format.
@@ -97,6 +101,7 @@ class FDGANModel:
         apply_lr_mult: bool = False,
         share_di_features: bool = True,
         skip_unused_grads: bool = True,
+        fused_optimizers: bool = True,
         device: torch.device | str = "cpu",
         mixed_precision: Optional[MixedPrecision] = None,
         channels_last: bool = False,
@@ -110,6 +115,7 @@ class FDGANModel:
         self.noise_feature_size = noise_feature_size
         self.share_di_features = share_di_features
         self.skip_unused_grads = skip_unused_grads
+        self.fused_optimizers = fused_optimizers
         check_pretrain_files(stage, netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain, pretrained)
 
         use_imagenet = pretrained and stage == 1 and not netE_pretrain
@@ -130,8 +136,8 @@ class FDGANModel:
             if netE_pretrain:
                 self.load_network("E", netE_pretrain)
             self.init_di_from_e()
-            for p in self.net_E.parameters():
-                p.requires_grad_(False)
+            if skip_unused_grads:
+                self.net_E.requires_grad_(False)
         else:
             for name, path in zip(NET_NAMES, (netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain)):
                 self.load_network(name, path)
@@ -211,9 +217,11 @@ class FDGANModel:
 
     def _build_optimizers(self, lr: float, apply_lr_mult: bool) -> None:
         betas = (0.5, 0.999)
+        fused = fused_kwargs(self.device, self.fused_optimizers)
         if self.stage == 1:
-            opt_g = torch.optim.Adam(self.net_G.parameters(), lr=lr * 0.1, betas=betas)
-            opt_di = torch.optim.SGD(self.net_Di.parameters(), lr=lr * 0.01, momentum=0.9, weight_decay=1e-4)
+            opt_g = torch.optim.Adam(self.net_G.parameters(), lr=lr * 0.1, betas=betas, **fused)
+            opt_di = torch.optim.SGD(self.net_Di.parameters(), lr=lr * 0.01, momentum=0.9, weight_decay=1e-4,
+                                     **fused)
         else:
             groups = [
                 {"params": list(self.net_E.base_model.parameters()), "lr_mult": 0.1},
@@ -223,9 +231,9 @@ class FDGANModel:
             if apply_lr_mult:
                 for g in groups:
                     g["lr"] = lr * g["lr_mult"]
-            opt_g = torch.optim.Adam(groups, lr=lr * 0.1, betas=betas)
-            opt_di = torch.optim.SGD(self.net_Di.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-        opt_dp = torch.optim.SGD(self.net_Dp.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+            opt_g = torch.optim.Adam(groups, lr=lr * 0.1, betas=betas, **fused)
+            opt_di = torch.optim.SGD(self.net_Di.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4, **fused)
+        opt_dp = torch.optim.SGD(self.net_Dp.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4, **fused)
         self.optimizers = OrderedDict([("G", opt_g), ("Di", opt_di), ("Dp", opt_dp)])
 
     def train_mode(self) -> None:
@@ -337,6 +345,8 @@ class FDGANModel:
                 self._grad_sync(p for group in opt.param_groups for p in group["params"])
             self.scaler.step(opt)
         self.scaler.update()
+        if self.stage == 1:  # the frozen E's gradients (release passes only): computed, never used
+            self.net_E.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ reporting
     def get_current_errors(self) -> "OrderedDict[str, float]":
@@ -378,7 +388,7 @@ class FDGANModel:
         for n in NET_NAMES:
             copy_state_dict(state["nets"][n], self.net(n), source=f"{source} (net_{n})")
         for n, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][n])
+            load_optimizer_state(o, state["optimizers"][n])
         for s, sd in zip(self.schedulers, state["schedulers"]):
             s.load_state_dict(sd)
         if self.scaler.is_enabled() and "scaler" in state:

@@ -132,6 +132,8 @@ def test_faster_update_gives_the_release_losses_and_gradients(stage1_file, share
             net = model.net(name)
             grads[name] = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
             opt.step()
+        e_grads = [p.grad for p in model.net_E.parameters() if p.grad is not None]
+        grads["E"] = torch.cat([g.flatten() for g in e_grads]) if e_grads else None
         # What G's step left in the discriminators' gradients (their own update's, plus G's in the release).
         for name in ("Di", "Dp"):
             grads[name + " after G"] = torch.cat([p.grad.flatten() for p in model.net(name).parameters()
@@ -150,6 +152,48 @@ def test_faster_update_gives_the_release_losses_and_gradients(stage1_file, share
         else:  # the release's G step accumulates into them
             after = gb[name + " after G"]
             assert after.shape != own.shape or not torch.allclose(after, own), name
+    # The frozen E: the release back-propagates G's loss through it (every parameter gets a
+    # gradient but the unused ImageNet classifier's, never used); skipping unused gradients leaves
+    # it out of the graph.
+    e_params = FDGANModel(stage=1, netE_pretrain=str(path), **TINY).net_E.named_parameters()
+    n_e = sum(p.numel() for k, p in e_params if ".fc." not in k)
+    assert ga["E"] is not None and ga["E"].numel() == n_e and ga["E"].abs().max() > 0
+    assert (gb["E"] is None) == skip
+
+
+def test_stage1_never_changes_or_keeps_gradients_of_the_frozen_encoder(stage1_file):
+    path, _ = stage1_file
+    for skip in (False, True):
+        torch.manual_seed(5)
+        model = FDGANModel(stage=1, netE_pretrain=str(path), skip_unused_grads=skip, **TINY)
+        model.train_mode()
+        before = {k: v.clone() for k, v in model.net_E.state_dict().items()}
+        for pids in (([1, 2, 3], [1, 5, 3]), ([4, 2], [4, 2])):
+            model.set_input(_batch(*pids))
+            model.optimize_parameters()
+            assert all(p.grad is None for p in model.net_E.parameters()), skip
+        for k, v in model.net_E.state_dict().items():
+            assert torch.equal(v, before[k]), (skip, k)
+
+
+def test_optimisers_use_fused_kernels_and_keep_them_when_resuming_a_loop_run(stage1_file):
+    path, _ = stage1_file
+    torch.manual_seed(5)
+    loop = FDGANModel(stage=1, netE_pretrain=str(path), fused_optimizers=False, **TINY)
+    loop.train_mode()
+    loop.set_input(_batch([1, 2, 3], [1, 5, 3]))
+    loop.optimize_parameters()
+    fused = FDGANModel(stage=1, netE_pretrain=str(path), **TINY)
+    assert {n: [g["fused"] for g in o.param_groups] for n, o in loop.optimizers.items()} == \
+        {"G": [None], "Di": [None], "Dp": [None]}
+    fused.load_state_dict(loop.state_dict())
+    assert {n: [g["fused"] for g in o.param_groups] for n, o in fused.optimizers.items()} == \
+        {"G": [True], "Di": [True], "Dp": [True]}
+    for name in ("G", "Dp"):
+        saved, loaded = loop.optimizers[name], fused.optimizers[name]
+        for p_saved, p_loaded in zip(saved.param_groups[0]["params"], loaded.param_groups[0]["params"]):
+            for k, v in saved.state[p_saved].items():
+                assert torch.equal(loaded.state[p_loaded][k], v), (name, k)
 
 
 def test_missing_pretrain_files_are_reported_up_front(tmp_path):

@@ -17,6 +17,7 @@ from reid.pipelines.common import (
 from reid.trainers import SiameseTrainer
 from reid.utils.data.loaders import build_pair_loader
 from reid.utils.data.sampler import DistributedRandomPairSampler
+from reid.utils.optim import fused_kwargs, load_optimizer_state
 from reid.utils.runtime import (
     DistributedContext, convert_sync_batchnorm, get_rng_state, init_distributed, resolve_mixed_precision,
     seed_everything, set_rng_state,
@@ -147,7 +148,8 @@ def _run(cfg: BaselineConfig, protocols: list[str], ctx: DistributedContext) -> 
         {"params": model.base_model.parameters(), "lr_mult": 1.0},
         {"params": model.embed_model.parameters(), "lr_mult": 1.0},
     ]
-    optimizer = torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                **fused_kwargs(device))
     # DDP wraps the same modules, so ``model`` below is what evaluation and checkpoints use.
     trainer = SiameseTrainer(ctx.wrap(model), nn.CrossEntropyLoss().to(device), device=device,
                              mixed_precision=mixed_precision, channels_last=cfg.channels_last, dist=ctx)
@@ -223,7 +225,7 @@ def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
         logger.info("Loaded weights from %s; training starts at epoch 0", path)
         return 0, -1.0
     try:
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        load_optimizer_state(optimizer, checkpoint["optimizer"])
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: optimizer state does not fit this model ({e})") from None
     per_rank = checkpoint.get("rng_per_rank")

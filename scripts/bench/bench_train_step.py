@@ -7,14 +7,15 @@ randomly initialised Siamese network whose BatchNorm statistics were estimated o
 (with the initial statistics, mean 0 and variance 1, a frozen-BN ResNet-50's activations grow
 layer by layer and Di's loss reaches thousands). The three models:
 
-* release: ``share_di_features=False, skip_unused_grads=False``, the release's update sequence
-  (Di runs its full Siamese network on (origin, target) and on (origin, fake), and again on
-  (origin, fake) in G's step, which also computes Di's and Dp's weight gradients);
-* shared: ``share_di_features=True, skip_unused_grads=False`` (Di's frozen-BN backbone runs once
+* release: ``share_di_features=False, skip_unused_grads=False, fused_optimizers=False``, the
+  release's update sequence (Di runs its full Siamese network on (origin, target) and on
+  (origin, fake), and again on (origin, fake) in G's step, which also computes Di's and Dp's weight
+  gradients and back-propagates through the frozen E; the optimisers loop over the parameters);
+* shared: ``share_di_features=True``, otherwise the release's (Di's frozen-BN backbone runs once
   over the origins per update, target and fake share one batch, the origins need no gradient in
   G's step);
-* ours: the defaults, ``share_di_features=True, skip_unused_grads=True``: shared, and G's step
-  computes no weight gradients for Di and Dp (only G is updated there, so they were thrown away).
+* ours: the defaults: shared, G's step computes no gradients that no optimiser uses (Di's, Dp's,
+  and the frozen E's), and the optimisers use PyTorch's fused kernels.
 
 The variants take turns step by step so machine load hits them alike. Two times are reported per
 variant, each the best of the timed steps: wall-clock seconds (images/s = 2 images per pair over
@@ -80,9 +81,9 @@ def make_stage1_checkpoint(arch: str, height: int, width: int, folder: str) -> s
     return path
 
 
-VARIANTS = {"release": dict(share_di_features=False, skip_unused_grads=False),
-            "shared": dict(share_di_features=True, skip_unused_grads=False),
-            "ours": dict(share_di_features=True, skip_unused_grads=True)}
+VARIANTS = {"release": dict(share_di_features=False, skip_unused_grads=False, fused_optimizers=False),
+            "shared": dict(share_di_features=True, skip_unused_grads=False, fused_optimizers=False),
+            "ours": dict(share_di_features=True, skip_unused_grads=True, fused_optimizers=True)}
 
 
 def build(arch: str, height: int, width: int, netE: str, **flags: bool) -> FDGANModel:
