@@ -15,7 +15,10 @@ layer by layer and Di's loss reaches thousands). The three models:
   over the origins per update, target and fake share one batch, the origins need no gradient in
   G's step);
 * ours: the defaults: shared, G's step computes no gradients that no optimiser uses (Di's, Dp's,
-  and the frozen E's), and the optimisers use PyTorch's fused kernels.
+  and the frozen E's), and the optimisers use PyTorch's fused kernels;
+* ours+cl: ours with ``channels_last=True`` (``train.py --channels-last``): weights and images in
+  the channels-last memory format (dropout masks are drawn in NCHW order, so the numbers are
+  the default layout's up to rounding).
 
 The variants take turns step by step so machine load hits them alike. Two times are reported per
 variant, each the best of the timed steps: wall-clock seconds (images/s = 2 images per pair over
@@ -26,7 +29,8 @@ are compared from the same state: the largest |loss difference| from the release
 (absolute, and relative to the loss). Without the reset, GAN training amplifies the rounding
 differences of batched convolutions from step to step.
 
-Usage: python scripts/bench/bench_train_step.py [--quick] [--batch-size PAIRS] [--steps N]
+Usage: python scripts/bench/bench_train_step.py [--quick] [--batch-size PAIRS] [--steps N] [--threads N]
+       [--config resnet18:256x128 ...]
 """
 from __future__ import annotations
 
@@ -83,7 +87,9 @@ def make_stage1_checkpoint(arch: str, height: int, width: int, folder: str) -> s
 
 VARIANTS = {"release": dict(share_di_features=False, skip_unused_grads=False, fused_optimizers=False),
             "shared": dict(share_di_features=True, skip_unused_grads=False, fused_optimizers=False),
-            "ours": dict(share_di_features=True, skip_unused_grads=True, fused_optimizers=True)}
+            "ours": dict(share_di_features=True, skip_unused_grads=True, fused_optimizers=True),
+            "ours+cl": dict(share_di_features=True, skip_unused_grads=True, fused_optimizers=True,
+                            channels_last=True)}
 
 
 def build(arch: str, height: int, width: int, netE: str, **flags: bool) -> FDGANModel:
@@ -136,10 +142,14 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per batch (2 images each)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--config", action="append", choices=[f"{a}:{h}x{w}" for a, h, w in CONFIGS],
+                        help="run only this configuration (repeatable; default: all four)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = CONFIGS[:1] if args.quick else CONFIGS
+    if args.config:
+        configs = [c for c in CONFIGS if f"{c[0]}:{c[1]}x{c[2]}" in args.config]
     steps = 2 if args.quick else args.steps
     print(f"Stage II step, {args.batch_size} pairs ({2 * args.batch_size} images), best of {steps} steps; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
