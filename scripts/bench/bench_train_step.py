@@ -5,7 +5,7 @@ same weights take the same steps on the same random pose-pair batches under the 
 start, as a real Stage II run does, from a Stage I checkpoint of E (written to a temp dir): a
 randomly initialised Siamese network whose BatchNorm statistics were estimated on random images
 (with the initial statistics, mean 0 and variance 1, a frozen-BN ResNet-50's activations grow
-layer by layer and Di's loss reaches thousands). The three models:
+layer by layer and Di's loss reaches thousands). The four variants:
 
 * release: ``share_di_features=False, skip_unused_grads=False, fused_optimizers=False``, the
   release's update sequence (Di runs its full Siamese network on (origin, target) and on
