@@ -345,8 +345,8 @@ class FDGANModel:
                 self._grad_sync(p for group in opt.param_groups for p in group["params"])
             self.scaler.step(opt)
         self.scaler.update()
-        if self.stage == 1:  # the frozen E's gradients (release passes only): computed, never used
-            self.net_E.zero_grad(set_to_none=True)
+        if self.stage == 1 and not self.skip_unused_grads:  # the release's passes fill the frozen E's
+            self.net_E.zero_grad(set_to_none=True)  # gradients, which nothing uses
 
     # ------------------------------------------------------------------ reporting
     def get_current_errors(self) -> "OrderedDict[str, float]":
