@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import OrderedDict
 from typing import Callable, Iterable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,7 +51,8 @@ def pairwise_distance(query_features: torch.Tensor, gallery_features: torch.Tens
 
 _RESCORE_BLOCK_ELEMENTS = 1 << 18  # float32 elements of one block of gathered candidates (1 MiB)
 _COMPILED_BLOCK_PAIRS = 1 << 16  # (query, candidate) pairs per call of the compiled kernel
-_SELECT_BLOCK = 8  # columns per run in the top-k selection of long rows (measured best of 4-32)
+_SELECT_GROUP = 8  # columns per group in the top-k selection of long rows (measured best of 4-32)
+_SELECT_BLOCK_ELEMENTS = 1 << 23  # distances per block of rows in the top-k selection (32 MiB)
 
 
 def default_embed_dist_fn(logits: torch.Tensor) -> torch.Tensor:
@@ -103,23 +106,25 @@ def rerank_distances(
 
     The top-k distances are replaced by ``embed_dist_fn(embed_model(q, g))``; every other item of
     the row is shifted by ``max(bar + 1 - d_k, 0)`` (``bar`` = largest new top-k score, ``d_k`` =
-    first-stage distance of the (k+1)-th item) so the re-scored items stay in front. The (query,
-    candidate) pairs are scored on ``device`` in batches of at most ``chunk_size`` queries (on the
-    CPU, as many as fit about 1 MiB of candidate features; with ``compiled``, at least 65,536 pairs
-    per call, since each call costs the guards' checks). An eval-mode square head with a 2-way
-    classifier and the default ``embed_dist_fn`` is folded into one weighted squared distance per
-    pair; ``embed_model`` must be on ``device``. The result is on ``distmat``'s device.
+    first-stage distance of the (k+1)-th item) so the re-scored items stay in front. An eval-mode
+    square head with a 2-way classifier and the default ``embed_dist_fn`` is folded into one
+    weighted squared distance per pair; on the CPU its cross terms come from sampled matrix
+    products over the pairs, nothing gathered per pair; on another ``device``, from blocks of
+    ``chunk_size`` queries' candidates. Any other head scores blocks of (query, candidate) pairs
+    (on the CPU, as many queries as fit about 1 MiB of candidate features). ``embed_model`` must
+    be on ``device``. The result is on ``distmat``'s device.
 
     With ``compiled``, the folded scores come from one ``torch.compile``-generated kernel that
-    takes the pairs in gallery order and materialises nothing per pair (docs/performance.md: the
-    scoring 3-4x faster on a CPU once compiled). The first call of a process compiles it,
-    first in a child process that a native crash cannot spread from, then here from the cache
-    that child filled (5-25 s in all). Where compilation fails or crashes (no C++ compiler, for
-    one) it logs a warning and scores eagerly; other heads ignore it.
+    takes the pairs in gallery order and materialises nothing per pair (docs/performance.md: on a
+    CPU about as fast as the sampled products; at least 65,536 pairs per call, since each call
+    costs the guards' checks). The first call of a process compiles it, first in a child process
+    that a native crash cannot spread from, then here from the cache that child filled (5-25 s in
+    all). Where compilation fails or crashes (no C++ compiler, for one) it logs a warning and
+    scores eagerly; other heads ignore it.
 
     With ``overwrite``, the result is written into ``distmat`` (float32) and returned, instead of
     a fresh matrix: no second (num_query, num_gallery) matrix in memory (214 MB on Market-1501,
-    and its page faults, a fifth of the compiled path's time).
+    and the time to map it, a fifth of the whole).
     """
     if overwrite and distmat.dtype != torch.float32:
         raise ValueError(f"overwrite needs a float32 distance matrix, not {distmat.dtype}")
@@ -143,7 +148,9 @@ def rerank_distances(
             qf, gf, idx = qf.to(dev), gf.to(dev), top_idx.to(dev)
             block_pairs = max(1, chunk_size * k, _COMPILED_BLOCK_PAIRS)
             scores = _folded_scores_compiled(qf, gf, idx, v, c, block_pairs) if compiled else None
-            if scores is None:
+            if scores is None and dev.type == "cpu":
+                scores = _folded_scores_sparse(qf, gf, idx, v, c)
+            elif scores is None:
                 scores = _folded_scores(qf, gf, idx, v, c, _block_queries(dev, chunk_size, k, gf.shape[1]))
             scores = scores.to(distmat.device)
 
@@ -153,9 +160,23 @@ def rerank_distances(
     elif offset is None:
         new = distmat.float().clone()
     else:
-        new = torch.add(distmat.float(), offset[:, None])  # one pass: a fresh matrix with the offsets
+        # One pass: a fresh matrix with the offsets.
+        new = torch.add(distmat.float(), offset[:, None], out=_new_float_matrix(distmat))
     new.scatter_(1, top_idx, scores)
     return new
+
+
+def _new_float_matrix(like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised float32 tensor shaped and placed like ``like``.
+
+    On the CPU its memory comes from numpy, which asks the kernel for transparent huge pages on
+    large allocations (PyTorch's allocator only does with THP_MEM_ALLOC_ENABLE=1): Market-1501's
+    214 MB matrix is mapped in 2 MiB pages instead of 4 KiB ones, and the pass that fills it takes
+    about 0.035 s instead of 0.06 s (docs/performance.md).
+    """
+    if like.device.type == "cpu":
+        return torch.from_numpy(np.empty(tuple(like.shape), dtype=np.float32))
+    return torch.empty(like.shape, dtype=torch.float32, device=like.device)
 
 
 def _block_queries(device: torch.device, chunk_size: int, k: int, dims: int) -> int:
@@ -203,6 +224,69 @@ def _folded_scores(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Tensor, v:
     return out
 
 
+def _folded_scores_sparse(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Tensor, v: torch.Tensor,
+                          c: torch.Tensor, rows: int = 256) -> torch.Tensor:
+    """:func:`_folded_scores` with nothing gathered per pair: the weighted distance expanded as
+    ``|q - m|^2_v + |g - m|^2_v - 2 ((q - m) * v).(g - m)`` about the queries' mean ``m``, the
+    cross terms from sampled matrix products over the pairs (``torch.sparse.sampled_addmm``), the
+    pairs in gallery order and the gallery ``rows`` rows at a time: each block is centred into a
+    cache-sized buffer and read from there by every query that has one of its rows as a candidate.
+
+    Centring keeps float32 from cancelling: for features with a large common part (pooled ReLU
+    features are non-negative), the terms about the origin can be many times the distance; about
+    a centre among the features they are of its size (docs/performance.md: as close to float64
+    as the differences).
+    """
+    num_query, k = top_idx.shape
+    num_gallery, dims = gf.shape
+    # Any centre gives the same distances; the queries' mean is near the gallery's, and costs a
+    # fifth as much to compute.
+    centre = qf.mean(0)
+    q_term = _centred_weighted_norms(qf, centre, v, rows)
+    qv_t = torch.sub(qf, centre).mul_(v).t()
+    # Pairs in gallery order (a stable sort of 32-bit keys: a third of the time of 64-bit ones).
+    flat = top_idx.reshape(-1)
+    order = torch.argsort(flat.int(), stable=True)
+    cand = flat[order]
+    query_of = torch.div(order, k, rounding_mode="floor")
+    row_ends = torch.bincount(cand, minlength=num_gallery).cumsum(0)
+    crow = torch.cat([row_ends.new_zeros(1), row_ends])
+    bounds = crow.tolist()
+    cross = torch.empty(cand.numel(), dtype=gf.dtype, device=gf.device)
+    g_term = torch.empty(num_gallery, dtype=gf.dtype, device=gf.device)
+    centred = torch.empty(min(rows, num_gallery), dims, dtype=gf.dtype, device=gf.device)
+    squares = torch.empty_like(centred)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        for start in range(0, num_gallery, rows):
+            stop = min(start + rows, num_gallery)
+            first, last = bounds[start], bounds[stop]
+            if first == last:
+                continue  # no query has a candidate here
+            n = stop - start
+            block = torch.sub(gf[start:stop], centre, out=centred[:n])
+            torch.mv(torch.mul(block, block, out=squares[:n]), v, out=g_term[start:stop])
+            pattern = torch.sparse_csr_tensor(
+                crow[start:stop + 1] - first, query_of[first:last],
+                torch.zeros(last - first, dtype=gf.dtype), size=(n, num_query), check_invariants=False)
+            cross[first:last] = torch.sparse.sampled_addmm(pattern, block, qv_t, beta=0.0).values()
+    dist = cross.mul_(-2.0).add_(g_term[cand]).add_(q_term[query_of])
+    scores = torch.sigmoid(dist.add_(c))
+    return torch.empty_like(scores).scatter_(0, order, scores).view(num_query, k)
+
+
+def _centred_weighted_norms(x: torch.Tensor, centre: torch.Tensor, v: torch.Tensor, rows: int) -> torch.Tensor:
+    """``sum_d v_d (x_d - centre_d)^2`` for each row of ``x``, ``rows`` rows at a time through a
+    cache-sized buffer."""
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    buf = torch.empty(min(rows, x.shape[0]), x.shape[1], dtype=x.dtype, device=x.device)
+    for start in range(0, x.shape[0], rows):
+        block = x[start:start + rows]
+        diff = torch.sub(block, centre, out=buf[:block.shape[0]])
+        torch.mv(diff.mul_(diff), v, out=out[start:start + rows])
+    return out
+
+
 def _folded_scores_compiled(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Tensor, v: torch.Tensor,
                             c: torch.Tensor, block_pairs: int) -> Optional[torch.Tensor]:
     """:func:`_folded_scores` through the compiled kernel, ``block_pairs`` pairs a call; None (and
@@ -235,40 +319,57 @@ def _smallest_k(distmat: torch.Tensor, k: int) -> tuple[torch.Tensor, Optional[t
 
     Equal values across the k-th place make the set ambiguous; any of them may be kept.
     """
-    num_gallery = distmat.shape[1]
-    if k >= num_gallery:
+    num_rows, cols = distmat.shape
+    if k >= cols:
         return torch.topk(distmat, k, dim=1, largest=False, sorted=False).indices, None
     # Only the set and the (k+1)-th value matter (the re-scored values replace the top-k and the
-    # offset needs the first value after them), so no sorting.
-    if num_gallery >= 8 * _SELECT_BLOCK * (k + 1):
-        return _smallest_k_in_blocks(distmat, k, _SELECT_BLOCK)
-    return _split_last(*torch.topk(distmat, k + 1, dim=1, largest=False, sorted=False))
+    # offset needs the first value after them), so no sorting. In blocks of rows, so that the
+    # intermediate tensors are a few MiB, reused by the allocator instead of mapped afresh.
+    idx = torch.empty(num_rows, k, dtype=torch.long, device=distmat.device)
+    d_next = torch.empty(num_rows, dtype=distmat.dtype, device=distmat.device)
+    step = max(1, _SELECT_BLOCK_ELEMENTS // cols)
+    for start in range(0, num_rows, step):
+        block_idx, block_next = _split_last(*_smallest_values(distmat[start:start + step], k + 1, _SELECT_GROUP))
+        idx[start:start + step] = block_idx
+        d_next[start:start + step] = block_next
+    return idx, d_next
 
 
-def _smallest_k_in_blocks(distmat: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_smallest_k` through the minima of runs of ``block`` columns; needs at least k + 1
-    whole runs.
+def _smallest_values(x: torch.Tensor, n: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n smallest values of each row of ``x`` and their columns, in no particular order:
+    through :func:`_smallest_values_in_groups` for rows of at least ``2 * n * group`` values (where
+    it measured faster than one ``topk``), else ``topk``."""
+    if x.shape[1] >= 2 * n * group:
+        return _smallest_values_in_groups(x, n, group)
+    return torch.topk(x, n, dim=1, largest=False, sorted=False)
 
-    Exact: every value outside the k + 1 runs with the smallest minima (and outside the last
-    columns, which make no whole run and are always kept) is at least as large as each of those
-    k + 1 minima, so the k + 1 smallest values of the row lie in those runs or those columns. Two
-    small selections (over the minima, then over the kept columns) replace one over the row.
+
+def _smallest_values_in_groups(x: torch.Tensor, n: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_smallest_values` through the minima of groups of ``group`` columns; needs at least n
+    groups.
+
+    With ``width = columns // group``, group j holds the columns j, j + width, ..., j + (group - 1)
+    width (strided, so the minima are ``group`` - 1 element-wise minimums of contiguous rows); the
+    last ``columns - group * width`` columns are in no group and always kept. Exact: every value of
+    a group outside the n with the smallest minima is at least as large as each of those n minima,
+    so the n smallest values of the row lie in those groups or the kept columns. The n groups are
+    chosen the same way, from the minima (recursively while rows stay long).
     """
-    num_query, num_gallery = distmat.shape
-    whole = num_gallery // block
-    if whole < k + 1:
-        raise ValueError(f"{num_gallery} columns make fewer than {k + 1} runs of {block}")
-    minima = distmat[:, :whole * block].unfold(1, block, block).amin(2)
-    if torch.isnan(minima).any():
-        # amin lets a NaN hide its run's other values; topk ranks NaN last, as it should be.
-        return _split_last(*torch.topk(distmat, k + 1, dim=1, largest=False, sorted=False))
-    chosen = torch.topk(minima, k + 1, dim=1, largest=False, sorted=False).indices
-    cols = (chosen.unsqueeze(2) * block + torch.arange(block, device=distmat.device)).view(num_query, -1)
-    if num_gallery > whole * block:
-        rest = torch.arange(whole * block, num_gallery, device=distmat.device)
-        cols = torch.cat([cols, rest.expand(num_query, -1)], 1)
-    vals, pos = torch.topk(torch.gather(distmat, 1, cols), k + 1, dim=1, largest=False, sorted=False)
-    return _split_last(vals, torch.gather(cols, 1, pos))
+    rows, cols = x.shape
+    width = cols // group
+    if width < n:
+        raise ValueError(f"{cols} columns make fewer than {n} groups of {group}")
+    minima = x[:, :group * width].view(rows, group, width).amin(1)
+    if torch.isnan(minima.amax()):  # amax propagates NaN
+        # amin lets a NaN hide its group's other values; topk ranks NaN last, as it should be.
+        return torch.topk(x, n, dim=1, largest=False, sorted=False)
+    chosen = _smallest_values(minima, n, group)[1]
+    columns = (chosen.unsqueeze(2) + width * torch.arange(group, device=x.device)).view(rows, -1)
+    if cols > group * width:
+        rest = torch.arange(group * width, cols, device=x.device)
+        columns = torch.cat([columns, rest.expand(rows, -1)], 1)
+    vals, pos = torch.topk(torch.gather(x, 1, columns), n, dim=1, largest=False, sorted=False)
+    return vals, torch.gather(columns, 1, pos)
 
 
 def _split_last(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from reid import compiled_rescoring, evaluators
 from reid.evaluation_metrics import evaluate_rank
-from reid.evaluators import (CascadeEvaluator, _smallest_k, _smallest_k_in_blocks, pairwise_distance,
+from reid.evaluators import (CascadeEvaluator, _folded_scores, _folded_scores_sparse, _smallest_k, _smallest_values,
+                             _smallest_values_in_groups, _square_head_as_weighted_distance, pairwise_distance,
                              rerank_distances)
 from reid.models.embedding import EltwiseSubEmbed
 
@@ -282,45 +283,104 @@ def test_smallest_k_is_a_valid_selection_with_ties(rows, cols, data):
 
 @settings(max_examples=80, deadline=None)
 @given(st.integers(1, 5), st.integers(2, 4), st.data())
-def test_selection_through_run_minima_is_exact_with_ties(rows, block, data):
-    # Few distinct values (ties straddle the k-th place and run minima), any row length with at
-    # least k + 1 whole runs (some columns left over, or none), infinities included.
-    k = data.draw(st.integers(1, 8))
-    cols = data.draw(st.integers((k + 1) * block, 40))
+def test_selection_through_group_minima_is_exact_with_ties(rows, group, data):
+    # Few distinct values (ties straddle the n-th place and group minima), any row length with at
+    # least n groups (some columns left over, or none), infinities included; rows long enough that
+    # the groups are chosen through their own minima too.
+    n = data.draw(st.integers(1, 6))
+    cols = data.draw(st.integers(n * group, 80))
     values = data.draw(st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0, float("inf")]),
                                 min_size=rows * cols, max_size=rows * cols))
     distmat = torch.tensor(values, dtype=torch.float32).view(rows, cols)
-    idx, d_next = _smallest_k_in_blocks(distmat, k, block)
+    vals, idx = _smallest_values_in_groups(distmat, n, group)
     ordered = torch.sort(distmat, dim=1).values
-    assert idx.shape == (rows, k) and bool((idx < cols).all())
+    assert idx.shape == (rows, n) and bool((idx < cols).all())
+    assert torch.equal(torch.gather(distmat, 1, idx), vals)
     for i in range(rows):
-        assert len(set(idx[i].tolist())) == k
-        assert sorted(distmat[i, idx[i]].tolist()) == ordered[i, :k].tolist()
-    assert torch.equal(d_next, ordered[:, k])
+        assert len(set(idx[i].tolist())) == n
+        assert sorted(vals[i].tolist()) == ordered[i, :n].tolist()
 
 
-def test_selection_through_run_minima_sees_past_a_nan():
-    # A NaN makes its run's minimum NaN; the run's small values must still be found.
-    row = torch.tensor([[5.0, 6.0, 7.0, 8.0, float("nan"), 0.5, 9.0, 9.5, 4.0, 4.5, 3.0, 3.5, 7.0]])
-    idx, d_next = _smallest_k_in_blocks(row, 2, 2)
-    assert sorted(idx[0].tolist()) == [5, 10] and float(d_next) == 3.5
+def test_selection_through_group_minima_sees_past_a_nan():
+    # 13 columns in groups of 2 take the columns j and j + 6 (j < 6); column 12 is in none. The NaN
+    # in column 4 makes group {4, 10}'s minimum NaN; column 10's 0.5 must still be found.
+    row = torch.tensor([[5.0, 6.0, 7.0, 8.0, float("nan"), 9.0, 9.5, 4.0, 4.5, 3.5, 0.5, 3.0, 7.0]])
+    vals, idx = _smallest_values_in_groups(row, 3, 2)
+    assert sorted(idx[0].tolist()) == [9, 10, 11] and sorted(vals[0].tolist()) == [0.5, 3.0, 3.5]
 
 
-def test_selection_through_run_minima_keeps_the_columns_past_the_last_run():
-    # 11 columns in runs of 4: the last three make no run; the smallest values are there.
+def test_selection_through_group_minima_keeps_the_columns_past_the_last_group():
+    # 11 columns in groups of 4: {0, 2, 4, 6} and {1, 3, 5, 7}; columns 8-10 make no group and
+    # hold the smallest values of the first row.
     row = torch.tensor([[5.0, 6.0, 7.0, 8.0, 4.0, 9.0, 9.0, 9.0, 1.0, 0.5, 2.0],
                         [0.0, 6.0, 7.0, 8.0, 9.0, 9.0, 9.0, 9.0, 1.0, 0.5, 2.0]])
-    idx, d_next = _smallest_k_in_blocks(row, 1, 4)
-    assert idx.tolist() == [[9], [0]] and d_next.tolist() == [1.0, 0.5]
+    vals, idx = _smallest_values_in_groups(row, 2, 4)
+    assert idx.sort(1).values.tolist() == [[8, 9], [0, 9]] and vals.sort(1).values.tolist() == [[0.5, 1.0], [0.0, 0.5]]
 
 
-def test_long_rows_are_selected_through_run_minima(monkeypatch):
-    # The second stage's selection takes the run path for long rows and gets plain topk's answer.
+def test_long_rows_are_selected_through_group_minima_recursively(monkeypatch):
+    # 517 columns, k = 3 (4 values kept), groups of 8: 64 group minima per row, again long enough
+    # (2 x 4 x 8) to be selected through their own groups' minima; 8 of those, then plain topk.
     calls = []
-    real = _smallest_k_in_blocks
-    monkeypatch.setattr("reid.evaluators._smallest_k_in_blocks", lambda *a: calls.append(a[1:]) or real(*a))
-    distmat = torch.rand(7, 8 * 8 * 4 + 5, generator=torch.Generator().manual_seed(0))
+    real = _smallest_values_in_groups
+    monkeypatch.setattr("reid.evaluators._smallest_values_in_groups",
+                        lambda x, *a: calls.append((x.shape[1], *a)) or real(x, *a))
+    distmat = torch.rand(7, 8 * 8 * 8 + 5, generator=torch.Generator().manual_seed(0))
     idx, d_next = _smallest_k(distmat, 3)
-    assert calls == [(3, 8)]
+    assert calls == [(517, 4, 8), (64, 4, 8)]
     vals, top = torch.topk(distmat, 4, dim=1, largest=False)
     assert torch.equal(idx.sort(1).values, top[:, :3].sort(1).values) and torch.equal(d_next, vals[:, 3])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.data())
+def test_smallest_values_of_long_rows_equal_a_full_sort(rows, n, data):
+    # Through one, two or three levels of groups of 2 (rows up to 160 values), distinct values.
+    cols = data.draw(st.integers(n, 160))
+    perm = torch.randperm(rows * cols, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 999))))
+    distmat = perm.float().view(rows, cols)
+    vals, idx = _smallest_values(distmat, n, 2)
+    assert torch.equal(vals.sort(1).values, torch.sort(distmat, 1).values[:, :n])
+    assert torch.equal(torch.gather(distmat, 1, idx), vals)
+
+
+def _folded_reference(qf, gf, top_idx, head):
+    """The head's 'different identity' probability for every (query, candidate) pair, in float64."""
+    head64 = head.double()
+    with torch.no_grad():
+        q = qf.double()[:, None, :].expand(-1, top_idx.shape[1], -1).reshape(-1, qf.shape[1])
+        logits = head64(q, gf.double()[top_idx.reshape(-1)])
+    return F.softmax(logits, 1)[:, 0].view(top_idx.shape)
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_folded_scores_both_ways_equal_the_head_in_float64(offset):
+    # Features with a large common part (offset 30 on every dimension, norms ~ 100 times the
+    # distances between them): the expansion about the queries' mean keeps float32 close, where
+    # expanding about the origin would cancel most digits.
+    g = torch.Generator().manual_seed(5)
+    qf = torch.rand(40, 64, generator=g) + offset
+    gf = torch.rand(300, 64, generator=g) + offset
+    head = _head("square", 64, seed=6)
+    with torch.no_grad():
+        head.bn.running_var.uniform_(0.01, 0.02)  # BN scales the squares up: logits of size ~10
+    top_idx, _ = _smallest_k(pairwise_distance(qf, gf), 30)
+    v, c = _square_head_as_weighted_distance(head)
+    want = _folded_reference(qf, gf, top_idx, head)
+    assert 0.05 < float(want.std())  # the scores vary: the check is not saturated
+    sparse = _folded_scores_sparse(qf, gf, top_idx, v, c)
+    gathered = _folded_scores(qf, gf, top_idx, v, c, step=7)
+    assert float((sparse.double() - want).abs().max()) < 2e-6
+    assert float((gathered.double() - want).abs().max()) < 2e-6
+    # Gallery blocks of 16 rows, the last of them (rows 150-299) without any candidate.
+    near, _ = _smallest_k(pairwise_distance(qf, gf[:150]), 30)
+    blocks = _folded_scores_sparse(qf, gf, near, v, c, rows=16)
+    assert float((blocks.double() - _folded_reference(qf, gf, near, head)).abs().max()) < 2e-6
+    # The same expansion about the origin is far off at offset 30: the centring is what holds it.
+    if offset:
+        q0, g0 = qf.double(), gf.double()
+        naive = ((q0 * q0) @ v.double())[:, None] + ((g0 * g0) @ v.double())[top_idx]
+        cross = ((qf * v)[:, None, :] @ gf[top_idx].transpose(1, 2)).squeeze(1).double()
+        assert float((torch.sigmoid(naive - 2 * cross + float(c)) - want).abs().max()) > 1e-4
+
+
