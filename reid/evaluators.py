@@ -6,7 +6,6 @@ import warnings
 from collections import OrderedDict
 from typing import Callable, Iterable, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,6 +51,10 @@ def pairwise_distance(query_features: torch.Tensor, gallery_features: torch.Tens
 _RESCORE_BLOCK_ELEMENTS = 1 << 18  # float32 elements of one block of gathered candidates (1 MiB)
 _COMPILED_BLOCK_PAIRS = 1 << 16  # (query, candidate) pairs per call of the compiled kernel
 _SELECT_GROUP = 8  # columns per group in the top-k selection of long rows (measured best of 4-32)
+# A pair is scored from the differences where the expansion's terms exceed this many times its
+# distance (8: at most 3 bits more rounding than the differences; on Market-sized features the
+# ratio is about 2).
+_CANCELLATION_RATIO = 8.0
 _SELECT_BLOCK_ELEMENTS = 1 << 23  # distances per block of rows in the top-k selection (32 MiB)
 
 
@@ -160,23 +163,9 @@ def rerank_distances(
     elif offset is None:
         new = distmat.float().clone()
     else:
-        # One pass: a fresh matrix with the offsets.
-        new = torch.add(distmat.float(), offset[:, None], out=_new_float_matrix(distmat))
+        new = torch.add(distmat.float(), offset[:, None])  # one pass: a fresh matrix with the offsets
     new.scatter_(1, top_idx, scores)
     return new
-
-
-def _new_float_matrix(like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised float32 tensor shaped and placed like ``like``.
-
-    On the CPU its memory comes from numpy, which asks the kernel for transparent huge pages on
-    large allocations (PyTorch's allocator only does with THP_MEM_ALLOC_ENABLE=1): Market-1501's
-    214 MB matrix is mapped in 2 MiB pages instead of 4 KiB ones, and the pass that fills it takes
-    about 0.035 s instead of 0.06 s (docs/performance.md).
-    """
-    if like.device.type == "cpu":
-        return torch.from_numpy(np.empty(tuple(like.shape), dtype=np.float32))
-    return torch.empty(like.shape, dtype=torch.float32, device=like.device)
 
 
 def _block_queries(device: torch.device, chunk_size: int, k: int, dims: int) -> int:
@@ -232,17 +221,19 @@ def _folded_scores_sparse(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Ten
     pairs in gallery order and the gallery ``rows`` rows at a time: each block is centred into a
     cache-sized buffer and read from there by every query that has one of its rows as a candidate.
 
-    Centring keeps float32 from cancelling: for features with a large common part (pooled ReLU
-    features are non-negative), the terms about the origin can be many times the distance; about
-    a centre among the features they are of its size (docs/performance.md: as close to float64
-    as the differences).
+    The expansion's float32 rounding grows with its terms, the differences' with the distance.
+    About a centre among the features the terms are of the distance's size (pooled ReLU features
+    share a large non-negative part, which the centre removes); a pair whose terms, weighted by
+    ``|v|``, exceed ``_CANCELLATION_RATIO`` times its distance is scored again from the
+    differences, so that no data can make the expansion cancel (docs/performance.md).
     """
     num_query, k = top_idx.shape
     num_gallery, dims = gf.shape
     # Any centre gives the same distances; the queries' mean is near the gallery's, and costs a
     # fifth as much to compute.
     centre = qf.mean(0)
-    q_term = _centred_weighted_norms(qf, centre, v, rows)
+    weights = (v, v.abs())  # the terms with v, and with |v| for their scale
+    q_norms = _centred_weighted_norms(qf, centre, weights, rows)
     qv_t = torch.sub(qf, centre).mul_(v).t()
     # Pairs in gallery order (a stable sort of 32-bit keys: a third of the time of 64-bit ones).
     flat = top_idx.reshape(-1)
@@ -253,7 +244,7 @@ def _folded_scores_sparse(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Ten
     crow = torch.cat([row_ends.new_zeros(1), row_ends])
     bounds = crow.tolist()
     cross = torch.empty(cand.numel(), dtype=gf.dtype, device=gf.device)
-    g_term = torch.empty(num_gallery, dtype=gf.dtype, device=gf.device)
+    g_norms = torch.empty(2, num_gallery, dtype=gf.dtype, device=gf.device)
     centred = torch.empty(min(rows, num_gallery), dims, dtype=gf.dtype, device=gf.device)
     squares = torch.empty_like(centred)
     with warnings.catch_warnings():
@@ -265,25 +256,44 @@ def _folded_scores_sparse(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Ten
                 continue  # no query has a candidate here
             n = stop - start
             block = torch.sub(gf[start:stop], centre, out=centred[:n])
-            torch.mv(torch.mul(block, block, out=squares[:n]), v, out=g_term[start:stop])
+            torch.mul(block, block, out=squares[:n])
+            for w, out in zip(weights, g_norms):
+                torch.mv(squares[:n], w, out=out[start:stop])
             pattern = torch.sparse_csr_tensor(
                 crow[start:stop + 1] - first, query_of[first:last],
                 torch.zeros(last - first, dtype=gf.dtype), size=(n, num_query), check_invariants=False)
             cross[first:last] = torch.sparse.sampled_addmm(pattern, block, qv_t, beta=0.0).values()
-    dist = cross.mul_(-2.0).add_(g_term[cand]).add_(q_term[query_of])
+    dist = cross.mul_(-2.0).add_(g_norms[0, cand]).add_(q_norms[0, query_of])
+    scale = q_norms[1].sqrt()[query_of].add_(g_norms[1].sqrt()[cand]).square_()
+    risky = torch.nonzero(scale > _CANCELLATION_RATIO * dist.abs()).squeeze(1)
+    if risky.numel():
+        dist[risky] = _weighted_sq_distances(qf, gf, query_of[risky], cand[risky], v, rows * k)
     scores = torch.sigmoid(dist.add_(c))
     return torch.empty_like(scores).scatter_(0, order, scores).view(num_query, k)
 
 
-def _centred_weighted_norms(x: torch.Tensor, centre: torch.Tensor, v: torch.Tensor, rows: int) -> torch.Tensor:
-    """``sum_d v_d (x_d - centre_d)^2`` for each row of ``x``, ``rows`` rows at a time through a
-    cache-sized buffer."""
-    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+def _centred_weighted_norms(x: torch.Tensor, centre: torch.Tensor, weights: Sequence[torch.Tensor],
+                            rows: int) -> torch.Tensor:
+    """``(x - centre)^2 @ w`` for each row of ``x`` and each ``w`` of ``weights``: (len(weights),
+    rows of x), ``rows`` rows at a time through a cache-sized buffer."""
+    out = torch.empty(len(weights), x.shape[0], dtype=x.dtype, device=x.device)
     buf = torch.empty(min(rows, x.shape[0]), x.shape[1], dtype=x.dtype, device=x.device)
     for start in range(0, x.shape[0], rows):
         block = x[start:start + rows]
-        diff = torch.sub(block, centre, out=buf[:block.shape[0]])
-        torch.mv(diff.mul_(diff), v, out=out[start:start + rows])
+        diff = torch.sub(block, centre, out=buf[:block.shape[0]]).square_()
+        for w, row in zip(weights, out):
+            torch.mv(diff, w, out=row[start:start + rows])
+    return out
+
+
+def _weighted_sq_distances(qf: torch.Tensor, gf: torch.Tensor, qi: torch.Tensor, gi: torch.Tensor,
+                           v: torch.Tensor, step: int) -> torch.Tensor:
+    """``sum_d v_d (qf[qi]_d - gf[gi]_d)^2`` for the pairs (qi, gi), ``step`` pairs at a time."""
+    out = torch.empty(qi.numel(), dtype=gf.dtype, device=gf.device)
+    for start in range(0, qi.numel(), step):
+        sl = slice(start, start + step)
+        diff = qf[qi[sl]] - gf[gi[sl]]
+        torch.mv(diff.mul_(diff), v, out=out[sl])
     return out
 
 

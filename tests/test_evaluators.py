@@ -384,3 +384,26 @@ def test_folded_scores_both_ways_equal_the_head_in_float64(offset):
         assert float((torch.sigmoid(naive - 2 * cross + float(c)) - want).abs().max()) > 1e-4
 
 
+
+
+def test_folded_scores_rescore_from_the_differences_where_the_expansion_would_cancel(monkeypatch):
+    # Two clusters 40 apart on every dimension, queries in both: the queries' mean lies between
+    # them, so every pair's expansion terms are thousands of times its distance. Those pairs are scored
+    # again from the differences; without that (ratio infinite) float32 loses the scores.
+    g = torch.Generator().manual_seed(8)
+    far = torch.cat([torch.zeros(1), torch.full((1,), 40.0)]).repeat_interleave(torch.tensor([20, 20]))
+    qf = torch.rand(40, 64, generator=g) + far[:, None]
+    gf = torch.rand(300, 64, generator=g) + torch.arange(300).ge(150).float()[:, None] * 40.0
+    head = _head("square", 64, seed=9)
+    top_idx, _ = _smallest_k(pairwise_distance(qf, gf), 30)
+    v, c = _square_head_as_weighted_distance(head)
+    want = _folded_reference(qf, gf, top_idx, head)
+    assert 0.05 < float(want.std())
+    rescored = []
+    real = evaluators._weighted_sq_distances
+    monkeypatch.setattr(evaluators, "_weighted_sq_distances", lambda q, g_, qi, gi, *a: rescored.append(qi.numel())
+                        or real(q, g_, qi, gi, *a))
+    assert float((_folded_scores_sparse(qf, gf, top_idx, v, c).double() - want).abs().max()) < 2e-6
+    assert sum(rescored) > 0.9 * top_idx.numel()
+    monkeypatch.setattr(evaluators, "_CANCELLATION_RATIO", float("inf"))
+    assert float((_folded_scores_sparse(qf, gf, top_idx, v, c).double() - want).abs().max()) > 1e-4
