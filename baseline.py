@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", type=str, default="none", choices=["none", "k-reciprocal"],
                    help="also report k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3) of the first stage")
     p.add_argument("--compile-rescoring", action="store_true",
-                   help="second stage through a torch.compile kernel (faster once compiled; compiling takes seconds)")
+                   help="second stage through a torch.compile kernel (for GPUs and many evaluations; compiling takes seconds)")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--sync-bn", action="store_true",

@@ -78,7 +78,7 @@ class Options:
         p.add_argument("--rerank", type=str, default=_D.rerank, choices=["none", "k-reciprocal"],
                        help="final test: also report k-reciprocal re-ranking of the first stage")
         p.add_argument("--compile-rescoring", action="store_true",
-                       help="second stage through a torch.compile kernel (faster once compiled; compiling takes seconds)")
+                       help="second stage through a torch.compile kernel (for GPUs and many evaluations; compiling takes seconds)")
         p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.add_argument("--dry-run", action="store_true", help="build data and networks, then stop")

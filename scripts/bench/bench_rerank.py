@@ -8,10 +8,11 @@ statistics and affine parameters. Normalised features keep squared distances bel
 offset max(bar + 1 - d_k, 0) that keeps the re-scored items in front is non-zero for many
 queries and both parts of the algorithm are compared.
 
-Ours: rerank_distances (unsorted top-k selection; the square head folded into one weighted
-squared distance per pair, candidates gathered into a cache-sized reused buffer), the same with
-compiled=True (the folded scores from one torch.compile kernel that reads each candidate once;
-its first call, which compiles, is timed apart), both again with overwrite=True as
+Ours: rerank_distances (unsorted top-k selection through group minima; the square head folded
+into one weighted squared distance per pair, expanded about the queries' mean, its cross terms
+from sampled matrix products over the pairs in gallery order), the same with compiled=True (the
+folded scores from one torch.compile kernel that reads each candidate once; its first call,
+which compiles, is timed apart), both again with overwrite=True as
 CascadeEvaluator.evaluate calls them (the result written into the first stage's matrix instead of
 a fresh one) and, for reference, its general batched path (any head). The release's algorithm, written out below: per
 query, argsort its row, score the top-k with the head on (query repeated, candidates),
