@@ -52,8 +52,8 @@ _RESCORE_BLOCK_ELEMENTS = 1 << 18  # float32 elements of one block of gathered c
 _COMPILED_BLOCK_PAIRS = 1 << 16  # (query, candidate) pairs per call of the compiled kernel
 _SELECT_GROUP = 8  # columns per group in the top-k selection of long rows (measured best of 4-32)
 # A pair is scored from the differences where the expansion's terms exceed this many times its
-# distance (8: at most 3 bits more rounding than the differences; on Market-sized features the
-# ratio is about 2).
+# distance (8: at most 3 bits more rounding than the differences; on the benchmark's Market-sized
+# features the ratio is 2.0-2.4).
 _CANCELLATION_RATIO = 8.0
 _SELECT_BLOCK_ELEMENTS = 1 << 23  # distances per block of rows in the top-k selection (32 MiB)
 
@@ -267,7 +267,8 @@ def _folded_scores_sparse(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Ten
     scale = q_norms[1].sqrt()[query_of].add_(g_norms[1].sqrt()[cand]).square_()
     risky = torch.nonzero(scale > _CANCELLATION_RATIO * dist.abs()).squeeze(1)
     if risky.numel():
-        dist[risky] = _weighted_sq_distances(qf, gf, query_of[risky], cand[risky], v, rows * k)
+        dist[risky] = _weighted_sq_distances(qf, gf, query_of[risky], cand[risky], v,
+                                             max(1, _RESCORE_BLOCK_ELEMENTS // dims))
     scores = torch.sigmoid(dist.add_(c))
     return torch.empty_like(scores).scatter_(0, order, scores).view(num_query, k)
 
