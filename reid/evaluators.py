@@ -196,21 +196,12 @@ def _scores_of_head(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Tensor, e
 
 def _folded_scores(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Tensor, v: torch.Tensor, c: torch.Tensor,
                    step: int) -> torch.Tensor:
-    """``sigmoid(sum_d v_d (q_d - g_d)^2 + c)`` for every query and each of its candidates."""
+    """``sigmoid(sum_d v_d (q_d - g_d)^2 + c)`` for every query and each of its candidates, from the
+    differences, ``step`` queries' candidates at a time."""
     num_query, k = top_idx.shape
-    out = torch.empty(num_query, k, dtype=torch.float32, device=gf.device)
-    # One reused buffer: no allocation (and page faults) per block.
-    buf = torch.empty(min(step, num_query) * k, gf.shape[1], dtype=gf.dtype, device=gf.device)
-    for start in range(0, num_query, step):
-        idx = top_idx[start:start + step]
-        n = idx.shape[0]
-        # Squared differences, then one product with v. (The expansion q^2.v - 2 (q*v).g + g^2.v
-        # would read less but cancels in float32.)
-        diff = torch.index_select(gf, 0, idx.reshape(-1), out=buf[:n * k]).view(n, k, -1)
-        diff.sub_(qf[start:start + n].unsqueeze(1))
-        diff.mul_(diff)
-        torch.sigmoid(torch.matmul(diff, v).add_(c), out=out[start:start + n])
-    return out
+    query_of = torch.arange(num_query, device=gf.device).repeat_interleave(k)
+    dist = _weighted_sq_distances(qf, gf, query_of, top_idx.reshape(-1), v, step * k)
+    return torch.sigmoid(dist.add_(c)).view(num_query, k)
 
 
 def _folded_scores_sparse(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Tensor, v: torch.Tensor,
@@ -293,7 +284,7 @@ def _weighted_sq_distances(qf: torch.Tensor, gf: torch.Tensor, qi: torch.Tensor,
     out = torch.empty(qi.numel(), dtype=gf.dtype, device=gf.device)
     for start in range(0, qi.numel(), step):
         sl = slice(start, start + step)
-        diff = qf[qi[sl]] - gf[gi[sl]]
+        diff = gf[gi[sl]].sub_(qf[qi[sl]])
         torch.mv(diff.mul_(diff), v, out=out[sl])
     return out
 
