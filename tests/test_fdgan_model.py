@@ -161,6 +161,46 @@ def test_faster_update_gives_the_release_losses_and_gradients(stage1_file, share
     assert (gb["E"] is None) == skip
 
 
+def test_stage2_faster_update_gives_the_release_losses_gradients_and_weights(stage1_file, tmp_path):
+    """Stage III trains E too: its gradients, and every network after one iteration, are the release's."""
+    path, _ = stage1_file
+    torch.manual_seed(5)
+    FDGANModel(stage=1, netE_pretrain=str(path), **TINY).save(str(tmp_path), 1)
+    files = {f"net{n}_pretrain": str(tmp_path / f"1_net_{n}.pth") for n in ("E", "G", "Di", "Dp")}
+    results = []
+    for flags in (dict(share_di_features=False, skip_unused_grads=False, fused_optimizers=False), {}):
+        model = FDGANModel(stage=2, **files, **flags, **TINY)
+        model.train_mode()
+        torch.manual_seed(10)
+        model.set_input(_batch([1, 2, 3], [1, 5, 3]))
+        model.forward()
+        grads = {}
+        for name, backward in (("Di", model.backward_Di), ("Dp", model.backward_Dp), ("G", model.backward_G)):
+            opt = model.optimizers[name]
+            opt.zero_grad(set_to_none=True)
+            backward()
+            grads[name] = torch.cat([p.grad.flatten() for group in opt.param_groups for p in group["params"]
+                                     if p.grad is not None])
+            opt.step()
+        grads["E"] = torch.cat([p.grad.flatten() for p in model.net_E.parameters() if p.grad is not None])
+        results.append((model.get_current_errors(), grads, model))
+    (a, ga, release), (b, gb, ours) = results
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
+    assert ga["E"].numel() == gb["E"].numel() > 0 and ga["E"].abs().max() > 0
+    for name in ("Di", "Dp", "G", "E"):
+        assert ga[name].shape == gb[name].shape, name
+        assert torch.allclose(ga[name], gb[name], rtol=1e-4, atol=1e-6 * ga[name].abs().max().item()), name
+    for n in ("E", "G", "Di", "Dp"):
+        for k, v in release.net(n).state_dict().items():
+            w = ours.net(n).state_dict()[k]
+            assert torch.allclose(v.float(), w.float(), rtol=1e-5, atol=1e-6), (n, k)
+    # E's weights moved (it is trained in this stage), by the same step in both.
+    before = torch.load(files["netE_pretrain"], weights_only=True)
+    conv1 = "module.base_model.base.conv1.weight"
+    assert not torch.equal(before[conv1], ours.net_E.base_model.base.conv1.weight)
+
+
 def test_stage1_never_changes_or_keeps_gradients_of_the_frozen_encoder(stage1_file):
     path, _ = stage1_file
     for skip in (False, True):
