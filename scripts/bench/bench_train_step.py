@@ -1,21 +1,23 @@
 """Benchmark: one Stage II iteration (FDGANModel stage=1, optimize_parameters) on this machine.
 
-For each configuration (ResNet-18 / ResNet-50 at 128 x 64 / 256 x 128), three models with the
+For each configuration (ResNet-18 / ResNet-50 at 128 x 64 / 256 x 128), four models with the
 same weights take the same steps on the same random pose-pair batches under the same seeds. They
 start, as a real Stage II run does, from a Stage I checkpoint of E (written to a temp dir): a
 randomly initialised Siamese network whose BatchNorm statistics were estimated on random images
 (with the initial statistics, mean 0 and variance 1, a frozen-BN ResNet-50's activations grow
-layer by layer and Di's loss reaches thousands). The four variants:
+layer by layer and Di's loss reaches thousands). With ``--stage 2`` (paper Stage III, E trained
+too) they start from the four networks of a stage 1 model saved from that file. The variants:
 
 * release: ``share_di_features=False, skip_unused_grads=False, fused_optimizers=False``, the
   release's update sequence (Di runs its full Siamese network on (origin, target) and on
   (origin, fake), and again on (origin, fake) in G's step, which also computes Di's and Dp's weight
-  gradients and back-propagates through the frozen E; the optimisers loop over the parameters);
+  gradients and back-propagates through E, frozen in stage 1; the optimisers loop over the
+  parameters);
 * shared: ``share_di_features=True``, otherwise the release's (Di's frozen-BN backbone runs once
   over the origins per update, target and fake share one batch, the origins need no gradient in
   G's step);
 * ours: the defaults: shared, G's step computes no gradients that no optimiser uses (Di's, Dp's,
-  and the frozen E's), and the optimisers use PyTorch's fused kernels;
+  and in stage 1 the frozen E's), and the optimisers use PyTorch's fused kernels;
 * ours+cl: ours with ``channels_last=True`` (``train.py --channels-last``): weights and images in
   the channels-last memory format (dropout masks are drawn in NCHW order, so the numbers are
   the default layout's up to rounding).
@@ -30,7 +32,7 @@ are compared from the same state: the largest |loss difference| from the release
 differences of batched convolutions from step to step.
 
 Usage: python scripts/bench/bench_train_step.py [--quick] [--batch-size PAIRS] [--steps N] [--threads N]
-       [--config resnet18:256x128 ...]
+       [--stage {1,2}] [--config resnet18:256x128 ...]
 """
 from __future__ import annotations
 
@@ -92,18 +94,28 @@ VARIANTS = {"release": dict(share_di_features=False, skip_unused_grads=False, fu
                             channels_last=True)}
 
 
-def build(arch: str, height: int, width: int, netE: str, **flags: bool) -> FDGANModel:
+def build(arch: str, height: int, width: int, netE: str, stage: int = 1, **flags: bool) -> FDGANModel:
+    """A model of ``stage`` 1 from the Stage I file ``netE``, or of stage 2 from the four files of a
+    stage 1 model saved next to it (written on the first call)."""
     torch.manual_seed(0)  # G and Dp initialisation
-    model = FDGANModel(stage=1, arch=arch, height=height, width=width, netE_pretrain=netE, **flags)
+    if stage == 1:
+        model = FDGANModel(stage=1, arch=arch, height=height, width=width, netE_pretrain=netE, **flags)
+    else:
+        folder = os.path.dirname(netE)
+        files = {f"net{n}_pretrain": os.path.join(folder, f"stage1_net_{n}.pth") for n in NET_NAMES}
+        if not os.path.exists(files["netE_pretrain"]):
+            build(arch, height, width, netE).save(folder, "stage1")
+        model = FDGANModel(stage=2, arch=arch, height=height, width=width, **files, **flags)
     model.train_mode()
     return model
 
 
-def run_config(arch: str, height: int, width: int, pairs: int, steps: int) -> Dict[str, Tuple[float, ...]]:
+def run_config(arch: str, height: int, width: int, pairs: int, steps: int,
+               stage: int = 1) -> Dict[str, Tuple[float, ...]]:
     """{variant: (best wall s, best CPU s, max |loss diff|, max relative loss diff)} per step."""
     with tempfile.TemporaryDirectory() as folder:
         netE = make_stage1_checkpoint(arch, height, width, folder)
-        variants = {name: build(arch, height, width, netE, **flags) for name, flags in VARIANTS.items()}
+        variants = {name: build(arch, height, width, netE, stage, **flags) for name, flags in VARIANTS.items()}
     for model in variants.values():
         for name in NET_NAMES:
             for key, value in model.net(name).state_dict().items():
@@ -142,6 +154,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per batch (2 images each)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=1,
+                        help="train.py's --stage: 1 = paper Stage II (default), 2 = Stage III (E trained too)")
     parser.add_argument("--config", action="append", choices=[f"{a}:{h}x{w}" for a, h, w in CONFIGS],
                         help="run only this configuration (repeatable; default: all four)")
     args = parser.parse_args()
@@ -151,18 +165,21 @@ def main() -> int:
     if args.config:
         configs = [c for c in CONFIGS if f"{c[0]}:{c[1]}x{c[2]}" in args.config]
     steps = 2 if args.quick else args.steps
-    print(f"Stage II step, {args.batch_size} pairs ({2 * args.batch_size} images), best of {steps} steps; "
+    paper_stage = "Stage II" if args.stage == 1 else "Stage III"
+    print(f"{paper_stage} step (--stage {args.stage}), {args.batch_size} pairs ({2 * args.batch_size} images), "
+          f"best of {steps} steps; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for arch, height, width in configs:
-        res = run_config(arch, height, width, args.batch_size, steps)
+        res = run_config(arch, height, width, args.batch_size, steps, args.stage)
         images = 2 * args.batch_size
         print(f"{arch} {height}x{width}:")
         for name in VARIANTS:
             wall, cpu, diff, rel = res[name]
             line = f"  {name:8s} wall {wall:7.2f} s ({images / wall:5.2f} img/s)  CPU {cpu:7.2f} s"
             if name != "release":
-                line += (f"  ratio wall {res['release'][0] / wall:.2f}x, CPU {res['release'][1] / cpu:.2f}x "
-                         f"(target >= 1.3x)  max |loss diff| {diff:.2e} (relative {rel:.1e})")
+                target = " (target >= 1.3x)" if args.stage == 1 else ""
+                line += (f"  ratio wall {res['release'][0] / wall:.2f}x, CPU {res['release'][1] / cpu:.2f}x"
+                         f"{target}  max |loss diff| {diff:.2e} (relative {rel:.1e})")
             print(line)
         sys.stdout.flush()
     return 0
