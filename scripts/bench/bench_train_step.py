@@ -1,4 +1,4 @@
-"""Benchmark: one Stage II iteration (FDGANModel stage=1, optimize_parameters) on this machine.
+"""Benchmark: one Stage II (or III) iteration (FDGANModel stage=1 or 2, optimize_parameters) here.
 
 For each configuration (ResNet-18 / ResNet-50 at 128 x 64 / 256 x 128), four models with the
 same weights take the same steps on the same random pose-pair batches under the same seeds. They
