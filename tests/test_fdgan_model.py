@@ -40,6 +40,23 @@ def _bn_stats(net):
     return {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
 
 
+def _iteration_by_updates(model, pids1, pids2):
+    """One iteration, update by update: {optimiser name: the gradients it stepped with, flattened}."""
+    model.train_mode()
+    torch.manual_seed(10)
+    model.set_input(_batch(pids1, pids2))
+    model.forward()
+    grads = {}
+    for name, backward in (("Di", model.backward_Di), ("Dp", model.backward_Dp), ("G", model.backward_G)):
+        opt = model.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        backward()
+        grads[name] = torch.cat([p.grad.flatten() for group in opt.param_groups for p in group["params"]
+                                 if p.grad is not None])
+        opt.step()
+    return grads
+
+
 def test_stage1_initialisation_and_frozen_parts(stage1_file):
     path, e_ref = stage1_file
     torch.manual_seed(1)
@@ -120,18 +137,7 @@ def test_faster_update_gives_the_release_losses_and_gradients(stage1_file, share
                   dict(share_di_features=share, skip_unused_grads=skip)):
         torch.manual_seed(5)
         model = FDGANModel(stage=1, netE_pretrain=str(path), **flags, **TINY)
-        model.train_mode()
-        torch.manual_seed(10)
-        model.set_input(_batch([1, 2, 3], [1, 5, 3]))
-        model.forward()
-        grads = {}
-        for name, backward in (("Di", model.backward_Di), ("Dp", model.backward_Dp), ("G", model.backward_G)):
-            opt = model.optimizers[name]
-            opt.zero_grad(set_to_none=True)
-            backward()
-            net = model.net(name)
-            grads[name] = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
-            opt.step()
+        grads = _iteration_by_updates(model, [1, 2, 3], [1, 5, 3])
         e_grads = [p.grad for p in model.net_E.parameters() if p.grad is not None]
         grads["E"] = torch.cat([g.flatten() for g in e_grads]) if e_grads else None
         # What G's step left in the discriminators' gradients (their own update's, plus G's in the release).
@@ -170,18 +176,7 @@ def test_stage2_faster_update_gives_the_release_losses_gradients_and_weights(sta
     results = []
     for flags in (dict(share_di_features=False, skip_unused_grads=False, fused_optimizers=False), {}):
         model = FDGANModel(stage=2, **files, **flags, **TINY)
-        model.train_mode()
-        torch.manual_seed(10)
-        model.set_input(_batch([1, 2, 3], [1, 5, 3]))
-        model.forward()
-        grads = {}
-        for name, backward in (("Di", model.backward_Di), ("Dp", model.backward_Dp), ("G", model.backward_G)):
-            opt = model.optimizers[name]
-            opt.zero_grad(set_to_none=True)
-            backward()
-            grads[name] = torch.cat([p.grad.flatten() for group in opt.param_groups for p in group["params"]
-                                     if p.grad is not None])
-            opt.step()
+        grads = _iteration_by_updates(model, [1, 2, 3], [1, 5, 3])
         grads["E"] = torch.cat([p.grad.flatten() for p in model.net_E.parameters() if p.grad is not None])
         results.append((model.get_current_errors(), grads, model))
     (a, ga, release), (b, gb, ours) = results
