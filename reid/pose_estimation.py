@@ -205,24 +205,33 @@ class BlazePoseEstimator:
         self.retry = retry
         self.retry_detection_confidence = retry_detection_confidence
         self.limits = limits
-        threshold = min(min_detection_confidence, retry_detection_confidence) if retry else min_detection_confidence
-        self._graph = SolutionBase(
-            binary_graph_path="mediapipe/modules/pose_landmark/pose_landmark_cpu.binarypb",
-            side_inputs={"model_complexity": 1, "smooth_landmarks": False, "enable_segmentation": False,
-                         "smooth_segmentation": False, "use_prev_landmarks": False},
-            calculator_params={
-                "posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": threshold,
-                "poselandmarkbyroicpu__tensorstoposelandmarksandsegmentation__ThresholdingCalculator.threshold": 0.5,
-            },
-            outputs=["pose_landmarks", "pose_detection"])
+        # One graph per detector threshold: the threshold also decides which overlapping
+        # detections are blended into the person's box, so it cannot be applied afterwards.
+        self._graphs: Dict[float, Any] = {}
+        self._solution_base = SolutionBase
 
-    def _landmarks33(self, rgb: np.ndarray, margin: Optional[float]) -> Optional[Tuple[np.ndarray, float]]:
+    def _graph(self, threshold: float) -> Any:
+        if threshold not in self._graphs:
+            self._graphs[threshold] = self._solution_base(
+                binary_graph_path="mediapipe/modules/pose_landmark/pose_landmark_cpu.binarypb",
+                side_inputs={"model_complexity": 1, "smooth_landmarks": False, "enable_segmentation": False,
+                             "smooth_segmentation": False, "use_prev_landmarks": False},
+                calculator_params={
+                    "posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": threshold,
+                    "poselandmarkbyroicpu__tensorstoposelandmarksandsegmentation__ThresholdingCalculator.threshold":
+                        0.5,
+                },
+                outputs=["pose_landmarks", "pose_detection"])
+        return self._graphs[threshold]
+
+    def _landmarks33(self, rgb: np.ndarray, margin: Optional[float],
+                     threshold: float) -> Optional[Tuple[np.ndarray, float]]:
         """BlazePose's 33 landmarks normalised to ``rgb`` and the detector score, or ``None``."""
         h, w = rgb.shape[:2]
         top = left = 0
         if margin is not None:
             rgb, top, left = pad_to_square(rgb, margin)
-        result = self._graph.process({"image": np.ascontiguousarray(rgb)})
+        result = self._graph(threshold).process({"image": np.ascontiguousarray(rgb)})
         if result.pose_landmarks is None or result.pose_detection is None:
             return None
         ph, pw = rgb.shape[:2]
@@ -253,7 +262,7 @@ class BlazePoseEstimator:
                          ("margin", lambda: rgb, RETRY_MARGIN, self.retry_detection_confidence)]
         first_rejection: Optional[PoseEstimate] = None
         for name, make_input, margin, min_score in attempts:
-            found = self._landmarks33(make_input(), margin)
+            found = self._landmarks33(make_input(), margin, min_score)
             if found is None:
                 continue
             lm, score = found
@@ -272,9 +281,9 @@ class BlazePoseEstimator:
 
     def close(self) -> None:
         """Release the mediapipe graph."""
-        if self._graph is not None:
-            self._graph.close()
-            self._graph = None
+        for graph in self._graphs.values():
+            graph.close()
+        self._graphs.clear()
 
     def __enter__(self) -> "BlazePoseEstimator":
         return self
@@ -360,7 +369,7 @@ def _process_one(image_path: str) -> PoseJobResult:
     if result.score is not None:
         record.update(score=round(result.score, 4), attempt=result.attempt)
     if result.status == REJECTED:
-        record.update(reason=result.reason, landmarks=np.round(result.landmarks, 2).tolist())
+        record.update(reason=result.reason, landmarks=np.round(result.landmarks.astype(np.float64), 2).tolist())
     # The status goes first: a run killed between the two writes redoes the image (no pose file).
     append_status(_WORKER["output_dir"], record)
     person = result.status == ACCEPTED
