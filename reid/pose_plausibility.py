@@ -96,7 +96,7 @@ def implausibility(landmarks33: np.ndarray, score: float, min_score: float,
         for (upper, r_up), (lower, r_low) in zip(inside, inside[1:]):
             if r_low <= r_up:
                 return f"vertical order: {lower} not below {upper}"
-    height = rows[-1] - rows[0]
+    height = abs(rows[-1] - rows[0])
     if height < limits.min_height_fraction:
         return f"height {height:.2f} of the crop < {limits.min_height_fraction:.2f}"
     return None
