@@ -11,33 +11,38 @@ two shoulders when both are present.
 
 Pipeline pieces, each usable on its own:
 
-- :class:`BlazePoseEstimator`: one image (PIL or RGB array) -> ``(18, 2)`` (row, col) or ``None``.
+- :class:`BlazePoseEstimator`: one image (PIL or RGB array) -> :class:`PoseEstimate` (accepted,
+  rejected with a reason, or no person); a skeleton must pass :mod:`reid.pose_plausibility`, and a
+  miss is retried on a sharpened upscale and with a wider border before it counts as no person.
 - :func:`plan_pose_jobs` / :func:`run_pose_jobs`: resumable, multi-process estimation over many
-  images; every pose file is written atomically, an image with no person gets an all ``-1`` file.
-- :func:`summarize_poses` / :func:`format_coverage_table`: no-person list and per-keypoint coverage.
-- :func:`write_pose_preview`: an HTML page of thumbnails with the skeleton drawn.
+  images; every pose file is written atomically, an image with no (plausible) person gets an all
+  ``-1`` file, and each image's status goes to the log of :mod:`reid.pose_report`.
+- :func:`summarize_poses` / :func:`format_coverage_table` / :func:`write_pose_preview` (from
+  :mod:`reid.pose_report`): accepted, rejected and no-person lists, coverage, an HTML preview.
 """
 from __future__ import annotations
 
-import html
 import importlib.util
 import logging
 import multiprocessing
 import os
-import random
 import sys
-import urllib.parse
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageFilter
 
 from reid.errors import ConfigError, DatasetError
+from reid.pose_plausibility import (DEFAULT_MIN_HEIGHT_FRACTION, DEFAULT_MIN_SHOULDER_VISIBILITY,
+                                    PlausibilityLimits, implausibility)
+from reid.pose_report import (ACCEPTED, NO_PERSON, REJECTED, append_status, check_unique_stems,  # noqa: F401
+                              draw_skeleton, format_coverage_table, plan_pose_jobs, pose_path_for,
+                              summarize_poses, write_pose_preview)
 from reid.utils.data.images import read_image
-from reid.utils.data.pose import KEYPOINT_NAMES, NUM_KEYPOINTS, SKELETON, read_pose_file, write_pose_file
-from reid.utils.osutils import PathLike, atomic_write, atomic_write_text, mkdir_if_missing
+from reid.utils.data.pose import NUM_KEYPOINTS, write_pose_file
+from reid.utils.osutils import PathLike, mkdir_if_missing
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_MIN_VISIBILITY = 0.5
 SETUP_HINT = "run `make setup-pose` and use .venv-pose/bin/python"
 MISSING = -1.0
+DEFAULT_RETRY_DETECTION_CONFIDENCE = 0.3
+RETRY_MARGIN = 0.3  # the border of the last retry, as a fraction of the longer side
 
 
 def blazepose_to_coco18(landmarks33: np.ndarray, image_height: int, image_width: int,
@@ -100,7 +107,7 @@ def blazepose_to_coco18(landmarks33: np.ndarray, image_height: int, image_width:
     return out
 
 
-def pad_to_square(image: np.ndarray) -> Tuple[np.ndarray, int, int]:
+def pad_to_square(image: np.ndarray, margin: float = 0.0) -> Tuple[np.ndarray, int, int]:
     """Pad an ``(H, W, 3)`` image with black borders to a centred square.
 
     Re-ID crops are 2:1 (e.g. 128 x 64); BlazePose's person detector works on a square input and
@@ -108,12 +115,13 @@ def pad_to_square(image: np.ndarray) -> Tuple[np.ndarray, int, int]:
 
     Args:
         image: ``(H, W, 3)`` uint8 array.
+        margin: make the square this fraction larger than the image's longer side.
 
     Returns:
         ``(padded, top, left)``: the square image and the offsets of the original inside it.
     """
     h, w = image.shape[:2]
-    size = max(h, w)
+    size = int(round(max(h, w) * (1.0 + margin)))
     top, left = (size - h) // 2, (size - w) // 2
     if size == h and size == w:
         return image, 0, 0
@@ -122,69 +130,160 @@ def pad_to_square(image: np.ndarray) -> Tuple[np.ndarray, int, int]:
     return padded, top, left
 
 
+def sharpened_upscale(image: np.ndarray, min_height: int = 512) -> np.ndarray:
+    """An ``(H, W, 3)`` image enlarged (Lanczos, by a whole factor) to at least ``min_height`` rows
+    and sharpened with an unsharp mask: the first retry for a blurred or small crop."""
+    factor = max(1, -(-min_height // image.shape[0]))
+    pil = Image.fromarray(image)
+    if factor > 1:
+        pil = pil.resize((pil.width * factor, pil.height * factor), Image.LANCZOS)
+    return np.asarray(pil.filter(ImageFilter.UnsharpMask(radius=factor, percent=150, threshold=2)))
+
+
+@dataclass
+class PoseEstimate:
+    """The outcome for one image.
+
+    Attributes:
+        status: ``"accepted"``, ``"rejected"`` (a skeleton that cannot be the crop's person) or
+            ``"no_person"`` (nothing detected).
+        landmarks: ``(18, 2)`` (row, col) of the accepted or rejected skeleton, else ``None``.
+        score: the person detector's score of that skeleton.
+        reason: why it was rejected.
+        attempt: the try that gave it: ``"plain"``, ``"sharpened"`` or ``"margin"``.
+    """
+    status: str
+    landmarks: Optional[np.ndarray] = None
+    score: Optional[float] = None
+    reason: Optional[str] = None
+    attempt: Optional[str] = None
+
+
 class BlazePoseEstimator:
     """BlazePose (mediapipe 0.10.21, full landmark model) on single person crops, fully offline.
 
-    Only the legacy ``mp.solutions.pose.Pose(model_complexity=1)`` ships its models inside the
-    wheel; complexity 0 and 2 and the Tasks API download theirs at run time.
+    Only the legacy pose graph with ``model_complexity=1`` ships its models inside the wheel;
+    complexity 0 and 2 and the Tasks API download theirs at run time. The graph is run through
+    mediapipe's ``SolutionBase`` (as ``mp.solutions.pose.Pose`` does) to also read the detector's
+    score.
+
+    A skeleton is accepted when :func:`reid.pose_plausibility.implausibility` finds nothing wrong
+    with it. Otherwise (rejected, or nothing detected) the image is retried, in order, sharpened
+    and upscaled (:func:`sharpened_upscale`) and padded with a wider border (``margin`` 0.3),
+    with ``retry_detection_confidence`` as the detector threshold and the same checks; the first
+    accepted skeleton wins.
 
     Args:
         min_visibility: landmarks with a lower visibility are written as missing.
-        min_detection_confidence: the person detector's threshold; below it the image has no person.
-        pad_square: pad each image to a centred square before estimation (coordinates are mapped
-            back to the original image).
+        min_detection_confidence: the person detector's threshold on the first try.
+        pad_square: pad each image to a centred square before the first try (coordinates are
+            mapped back to the original image).
+        retry: retry a miss before calling it no person.
+        retry_detection_confidence: the detector threshold on the retries.
+        limits: the plausibility thresholds.
 
     mediapipe's native code prints a few start-up lines straight to file descriptor 2;
     :func:`run_pose_jobs` keeps them out of the terminal by running estimators in worker processes.
 
     Raises:
-        ConfigError: mediapipe is not installed in this interpreter.
+        ConfigError: a threshold is out of range, or mediapipe is not installed in this interpreter.
     """
 
     def __init__(self, min_visibility: float = DEFAULT_MIN_VISIBILITY, min_detection_confidence: float = 0.5,
-                 pad_square: bool = True) -> None:
-        check_estimator_options(min_visibility, min_detection_confidence)
+                 pad_square: bool = True, retry: bool = True,
+                 retry_detection_confidence: float = DEFAULT_RETRY_DETECTION_CONFIDENCE,
+                 limits: PlausibilityLimits = PlausibilityLimits()) -> None:
+        check_estimator_options(min_visibility, min_detection_confidence,
+                                retry_detection_confidence=retry_detection_confidence)
         try:
-            from mediapipe.python.solutions import pose as mp_pose
+            from mediapipe.python.solution_base import SolutionBase
         except ImportError as e:
             raise ConfigError(f"mediapipe is not importable here ({e}); {SETUP_HINT}") from None
         self.min_visibility = min_visibility
+        self.min_detection_confidence = min_detection_confidence
         self.pad_square = pad_square
-        self._pose = mp_pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=False,
-                                  min_detection_confidence=min_detection_confidence)
+        self.retry = retry
+        self.retry_detection_confidence = retry_detection_confidence
+        self.limits = limits
+        # One graph per detector threshold: the threshold also decides which overlapping
+        # detections are blended into the person's box, so it cannot be applied afterwards.
+        self._graphs: Dict[float, Any] = {}
+        self._solution_base = SolutionBase
 
-    def estimate(self, image: Union[Image.Image, np.ndarray]) -> Optional[np.ndarray]:
-        """Estimate the pose of the (single, main) person in an image.
+    def _graph(self, threshold: float) -> Any:
+        if threshold not in self._graphs:
+            self._graphs[threshold] = self._solution_base(
+                binary_graph_path="mediapipe/modules/pose_landmark/pose_landmark_cpu.binarypb",
+                side_inputs={"model_complexity": 1, "smooth_landmarks": False, "enable_segmentation": False,
+                             "smooth_segmentation": False, "use_prev_landmarks": False},
+                calculator_params={
+                    "posedetectioncpu__TensorsToDetectionsCalculator.min_score_thresh": threshold,
+                    "poselandmarkbyroicpu__tensorstoposelandmarksandsegmentation__ThresholdingCalculator.threshold":
+                        0.5,
+                },
+                outputs=["pose_landmarks", "pose_detection"])
+        return self._graphs[threshold]
 
-        Args:
-            image: a PIL image (any mode) or an ``(H, W, 3)`` uint8 RGB array.
-
-        Returns:
-            float32 ``(18, 2)`` (row, col) in the input image's pixels with ``-1`` for missing
-            keypoints (see :func:`blazepose_to_coco18`), or ``None`` when no person was detected.
-        """
-        rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
+    def _landmarks33(self, rgb: np.ndarray, margin: Optional[float],
+                     threshold: float) -> Optional[Tuple[np.ndarray, float]]:
+        """BlazePose's 33 landmarks normalised to ``rgb`` and the detector score, or ``None``."""
         h, w = rgb.shape[:2]
         top = left = 0
-        if self.pad_square:
-            rgb, top, left = pad_to_square(rgb)
-        result = self._pose.process(np.ascontiguousarray(rgb))
-        if result.pose_landmarks is None:
+        if margin is not None:
+            rgb, top, left = pad_to_square(rgb, margin)
+        result = self._graph(threshold).process({"image": np.ascontiguousarray(rgb)})
+        if result.pose_landmarks is None or result.pose_detection is None:
             return None
         ph, pw = rgb.shape[:2]
         lm = np.array([(p.x, p.y, p.z, p.visibility) for p in result.pose_landmarks.landmark], dtype=np.float64)
         # Re-normalise from the padded square to the original image.
         lm[:, 0] = (lm[:, 0] * pw - left) / w
         lm[:, 1] = (lm[:, 1] * ph - top) / h
-        return blazepose_to_coco18(lm, h, w, self.min_visibility)
+        return lm, float(result.pose_detection.score[0])
+
+    def analyse(self, image: Union[Image.Image, np.ndarray]) -> PoseEstimate:
+        """Estimate, check and if needed retry the pose of the person a crop is framed on.
+
+        Args:
+            image: a PIL image (any mode) or an ``(H, W, 3)`` uint8 RGB array.
+
+        Returns:
+            A :class:`PoseEstimate`; its landmarks are in the input image's pixels with ``-1`` for
+            missing keypoints (see :func:`blazepose_to_coco18`). A rejected estimate reports the
+            first try's skeleton and reason.
+        """
+        rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {rgb.shape} {rgb.dtype}")
+        h, w = rgb.shape[:2]
+        attempts = [("plain", lambda: rgb, 0.0 if self.pad_square else None, self.min_detection_confidence)]
+        if self.retry:
+            attempts += [("sharpened", lambda: sharpened_upscale(rgb), 0.0, self.retry_detection_confidence),
+                         ("margin", lambda: rgb, RETRY_MARGIN, self.retry_detection_confidence)]
+        first_rejection: Optional[PoseEstimate] = None
+        for name, make_input, margin, min_score in attempts:
+            found = self._landmarks33(make_input(), margin, min_score)
+            if found is None:
+                continue
+            lm, score = found
+            reason = implausibility(lm, score, min_score, self.limits)
+            landmarks = blazepose_to_coco18(lm, h, w, self.min_visibility)
+            if reason is None:
+                return PoseEstimate(ACCEPTED, landmarks, score, None, name)
+            if first_rejection is None:
+                first_rejection = PoseEstimate(REJECTED, landmarks, score, reason, name)
+        return first_rejection if first_rejection is not None else PoseEstimate(NO_PERSON)
+
+    def estimate(self, image: Union[Image.Image, np.ndarray]) -> Optional[np.ndarray]:
+        """The accepted skeleton of :meth:`analyse` as ``(18, 2)`` (row, col), or ``None``."""
+        result = self.analyse(image)
+        return result.landmarks if result.status == ACCEPTED else None
 
     def close(self) -> None:
         """Release the mediapipe graph."""
-        if self._pose is not None:
-            self._pose.close()
-            self._pose = None
+        for graph in self._graphs.values():
+            graph.close()
+        self._graphs.clear()
 
     def __enter__(self) -> "BlazePoseEstimator":
         return self
@@ -195,12 +294,6 @@ class BlazePoseEstimator:
 
 # ------------------------------------------------------------------------------------------------
 # Many images: input lists, resumable multi-process runs
-
-def pose_path_for(image_path: PathLike, output_dir: PathLike) -> str:
-    """The pose file of an image: ``<output_dir>/<image stem>.txt``."""
-    stem = os.path.splitext(os.path.basename(os.fspath(image_path)))[0]
-    return os.path.join(os.fspath(output_dir), stem + ".txt")
-
 
 def list_images(folder: PathLike) -> List[str]:
     """Sorted paths of the image files directly inside ``folder`` (not recursive).
@@ -219,59 +312,32 @@ def list_images(folder: PathLike) -> List[str]:
     return paths
 
 
-def check_unique_stems(image_paths: Sequence[PathLike]) -> None:
-    """Raise :class:`ConfigError` if two images would share a pose file (same stem)."""
-    seen: Dict[str, str] = {}
-    for p in image_paths:
-        stem = os.path.splitext(os.path.basename(os.fspath(p)))[0]
-        if stem in seen:
-            raise ConfigError(f"{seen[stem]} and {os.fspath(p)} would both write {stem}.txt; rename one")
-        seen[stem] = os.fspath(p)
-
-
-def plan_pose_jobs(image_paths: Sequence[PathLike], output_dir: PathLike,
-                   overwrite: bool = False) -> Tuple[List[str], List[str]]:
-    """Split images into those still to process and those whose pose file already exists.
-
-    A pose file that exists is complete: files are written atomically.
-
-    Args:
-        image_paths: the images.
-        output_dir: folder of the pose files.
-        overwrite: process every image again.
-
-    Returns:
-        ``(todo, done)``: lists of image paths, in input order.
-    """
-    check_unique_stems(image_paths)
-    todo, done = [], []
-    for p in image_paths:
-        p = os.fspath(p)
-        (done if not overwrite and os.path.isfile(pose_path_for(p, output_dir)) else todo).append(p)
-    return todo, done
-
-
 @dataclass
 class PoseJobResult:
-    """Outcome of one image: ``person`` is False when nothing was detected; ``error`` is set when
-    the image could not be read (then no pose file was written)."""
+    """Outcome of one image: ``person`` is False when no skeleton was accepted; ``status`` and
+    ``reason`` are those of :class:`PoseEstimate`; ``error`` is set when the image could not be
+    read (then no pose file was written)."""
     image_path: str
     person: bool
     error: Optional[str] = None
+    status: Optional[str] = None
+    reason: Optional[str] = None
 
 
 def check_estimator_options(min_visibility: float, min_detection_confidence: float,
-                            require_mediapipe: bool = True) -> None:
-    """Raise :class:`ConfigError` unless both thresholds lie in [0, 1] (and mediapipe is installed).
+                            require_mediapipe: bool = True,
+                            retry_detection_confidence: float = DEFAULT_RETRY_DETECTION_CONFIDENCE) -> None:
+    """Raise :class:`ConfigError` unless the thresholds lie in [0, 1] (and mediapipe is installed).
 
     Args:
-        min_visibility, min_detection_confidence: see :class:`BlazePoseEstimator`.
+        min_visibility, min_detection_confidence, retry_detection_confidence: see
+            :class:`BlazePoseEstimator`.
         require_mediapipe: also check that mediapipe can be imported by this interpreter.
     """
-    if not 0.0 <= min_visibility <= 1.0:
-        raise ConfigError(f"--min-visibility must be in [0, 1], got {min_visibility}")
-    if not 0.0 <= min_detection_confidence <= 1.0:
-        raise ConfigError(f"--min-detection-confidence must be in [0, 1], got {min_detection_confidence}")
+    for flag, value in (("--min-visibility", min_visibility), ("--min-detection-confidence", min_detection_confidence),
+                        ("--retry-detection-confidence", retry_detection_confidence)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{flag} must be in [0, 1], got {value}")
     if require_mediapipe and importlib.util.find_spec("mediapipe") is None:
         raise ConfigError(f"mediapipe is not installed in this Python ({sys.executable}); {SETUP_HINT}")
 
@@ -298,17 +364,27 @@ def _process_one(image_path: str) -> PoseJobResult:
         image = read_image(image_path)
     except DatasetError as e:
         return PoseJobResult(image_path, False, str(e))
-    landmarks = _WORKER["estimator"].estimate(image)
-    person = landmarks is not None
-    if landmarks is None:
-        landmarks = np.full((NUM_KEYPOINTS, 2), MISSING, dtype=np.float32)
+    result: PoseEstimate = _WORKER["estimator"].analyse(image)
+    record: Dict[str, Any] = {"image": os.path.basename(image_path), "status": result.status}
+    if result.score is not None:
+        record.update(score=round(result.score, 4), attempt=result.attempt)
+    if result.status == REJECTED:
+        record.update(reason=result.reason, landmarks=np.round(result.landmarks.astype(np.float64), 2).tolist())
+    # The status goes first: a run killed between the two writes redoes the image (no pose file).
+    append_status(_WORKER["output_dir"], record)
+    person = result.status == ACCEPTED
+    landmarks = result.landmarks if person else np.full((NUM_KEYPOINTS, 2), MISSING, dtype=np.float32)
     write_pose_file(pose_path_for(image_path, _WORKER["output_dir"]), landmarks)
-    return PoseJobResult(image_path, person)
+    return PoseJobResult(image_path, person, status=result.status, reason=result.reason)
 
 
 def run_pose_jobs(image_paths: Sequence[PathLike], output_dir: PathLike, num_workers: int = 1,
                   min_visibility: float = DEFAULT_MIN_VISIBILITY, min_detection_confidence: float = 0.5,
-                  pad_square: bool = True) -> Iterator[PoseJobResult]:
+                  pad_square: bool = True, retry: bool = True,
+                  retry_detection_confidence: float = DEFAULT_RETRY_DETECTION_CONFIDENCE,
+                  min_height_fraction: float = DEFAULT_MIN_HEIGHT_FRACTION,
+                  min_shoulder_visibility: float = DEFAULT_MIN_SHOULDER_VISIBILITY,
+                  check_order: bool = True) -> Iterator[PoseJobResult]:
     """Estimate and write the pose file of every image; the returned iterator gives one result per
     image, in input order, as the work proceeds (options are checked before it is returned).
 
@@ -316,29 +392,36 @@ def run_pose_jobs(image_paths: Sequence[PathLike], output_dir: PathLike, num_wor
     mediapipe's native log lines out of the caller's terminal, and a crash of the native code
     out of the caller). Each pose file is written atomically as soon as its image is done, so an
     interrupted run leaves only complete files and :func:`plan_pose_jobs` resumes it. An image
-    with no person gets an all ``-1`` file (it counts as done). An unreadable image gets no file
-    and a result with ``error`` set; the other images are still processed.
+    with no person, or whose skeleton was rejected, gets an all ``-1`` file (it counts as done);
+    every processed image gets a line in the status log (:mod:`reid.pose_report`). An unreadable
+    image gets no file and a result with ``error`` set; the other images are still processed.
 
     Args:
         image_paths: images to process (see :func:`plan_pose_jobs` to skip finished ones).
         output_dir: folder for ``<stem>.txt`` pose files (created if missing).
         num_workers: worker processes.
-        min_visibility, min_detection_confidence, pad_square: see :class:`BlazePoseEstimator`.
+        min_visibility, min_detection_confidence, pad_square, retry, retry_detection_confidence:
+            see :class:`BlazePoseEstimator`.
+        min_height_fraction, min_shoulder_visibility, check_order: see
+            :class:`reid.pose_plausibility.PlausibilityLimits`.
 
     Raises:
-        ConfigError: ``num_workers < 1``, a threshold outside [0, 1], or mediapipe is missing.
+        ConfigError: ``num_workers < 1``, a threshold out of range, or mediapipe is missing.
     """
     if num_workers < 1:
         raise ConfigError(f"-j/--workers must be at least 1, got {num_workers}")
     paths = [os.fspath(p) for p in image_paths]
     # Nothing to do needs no estimator, so a finished folder can be summarised from any venv.
-    check_estimator_options(min_visibility, min_detection_confidence, require_mediapipe=bool(paths))
+    limits = PlausibilityLimits(min_height_fraction, min_shoulder_visibility, check_order)
+    check_estimator_options(min_visibility, min_detection_confidence, require_mediapipe=bool(paths),
+                            retry_detection_confidence=retry_detection_confidence)
     if not paths:
         return iter(())
     output_dir = os.fspath(output_dir)
     mkdir_if_missing(output_dir)
     kwargs = dict(min_visibility=min_visibility, min_detection_confidence=min_detection_confidence,
-                  pad_square=pad_square)
+                  pad_square=pad_square, retry=retry, retry_detection_confidence=retry_detection_confidence,
+                  limits=limits)
     return _run_in_workers(paths, output_dir, min(num_workers, len(paths)), kwargs)
 
 
@@ -356,126 +439,3 @@ def _run_in_workers(paths: List[str], output_dir: str, num_workers: int,
             # Interrupted (Ctrl-C) or a worker died: drop the queued work instead of finishing it.
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-
-
-# ------------------------------------------------------------------------------------------------
-# Summary and preview
-
-def summarize_poses(image_paths: Sequence[PathLike], output_dir: PathLike) -> Dict[str, Any]:
-    """Coverage statistics of the pose files of a set of images.
-
-    Args:
-        image_paths: the images; those without a pose file are listed under ``missing_pose_files``.
-        output_dir: folder of the pose files.
-
-    Returns:
-        A JSON-ready dict: ``num_images``, ``num_with_pose_file``, ``no_person`` (file names of
-        images whose pose file has no keypoint at all), ``missing_pose_files`` (file names) and
-        ``coverage``: keypoint name -> ``{"count", "fraction"}`` over the images with a pose file.
-
-    Raises:
-        DatasetError: a pose file is malformed.
-    """
-    counts = np.zeros(NUM_KEYPOINTS, dtype=np.int64)
-    no_person: List[str] = []
-    missing: List[str] = []
-    n_files = 0
-    for p in image_paths:
-        name = os.path.basename(os.fspath(p))
-        pose_file = pose_path_for(p, output_dir)
-        if not os.path.isfile(pose_file):
-            missing.append(name)
-            continue
-        present = (read_pose_file(pose_file) >= 0).all(axis=1)
-        n_files += 1
-        counts += present
-        if not present.any():
-            no_person.append(name)
-    coverage = {name: {"count": int(c), "fraction": round(float(c) / n_files, 4) if n_files else 0.0}
-                for name, c in zip(KEYPOINT_NAMES, counts)}
-    return {"num_images": len(image_paths), "num_with_pose_file": n_files, "no_person": no_person,
-            "missing_pose_files": missing, "coverage": coverage}
-
-
-def format_coverage_table(summary: Dict[str, Any]) -> str:
-    """The per-keypoint coverage of :func:`summarize_poses` as a plain-text table."""
-    width = max(len(n) for n in KEYPOINT_NAMES)
-    lines = [f"{'keypoint':<{width}}  {'found':>8}  {'coverage':>8}", "-" * (width + 20)]
-    for name in KEYPOINT_NAMES:
-        c = summary["coverage"][name]
-        lines.append(f"{name:<{width}}  {c['count']:>8d}  {100 * c['fraction']:>7.1f}%")
-    return "\n".join(lines)
-
-
-# Colours per limb in SKELETON order: right side warm, left side cool, head green.
-_RIGHT, _LEFT, _CENTRE, _HEAD = (230, 60, 40), (40, 120, 230), (240, 200, 40), (60, 200, 90)
-_LIMB_COLOURS = (_CENTRE, _RIGHT, _RIGHT, _RIGHT, _LEFT, _LEFT, _LEFT, _RIGHT, _RIGHT, _RIGHT,
-                 _LEFT, _LEFT, _LEFT, _HEAD, _HEAD, _HEAD, _HEAD)
-
-
-def draw_skeleton(image: Image.Image, landmarks: np.ndarray, height: int = 256) -> Image.Image:
-    """A copy of ``image`` resized to ``height`` pixels (aspect kept) with the skeleton drawn.
-
-    Args:
-        image: the image the landmarks refer to.
-        landmarks: ``(18, 2)`` (row, col) in that image's pixels; negative = missing.
-        height: height of the returned thumbnail.
-    """
-    scale = height / image.height
-    thumb = image.convert("RGB").resize((max(1, round(image.width * scale)), height), Image.BILINEAR)
-    draw = ImageDraw.Draw(thumb)
-    pts = np.asarray(landmarks, dtype=np.float64)
-    present = (pts >= 0).all(axis=1)
-    xy = [(c * scale, r * scale) for r, c in pts]
-    line_w = max(2, height // 100)
-    for (a, b), colour in zip(SKELETON, _LIMB_COLOURS):
-        if present[a] and present[b]:
-            draw.line([xy[a], xy[b]], fill=colour, width=line_w)
-    rad = line_w + 1
-    for k in np.flatnonzero(present):
-        x, y = xy[k]
-        draw.ellipse([x - rad, y - rad, x + rad, y + rad], fill=(255, 255, 255), outline=(0, 0, 0))
-    return thumb
-
-
-def write_pose_preview(image_paths: Sequence[PathLike], output_dir: PathLike, preview_dir: PathLike,
-                       num_images: int = 16, seed: int = 0, thumb_height: int = 256) -> Optional[str]:
-    """Write ``index.html`` with thumbnails of randomly chosen images and their skeletons.
-
-    Args:
-        image_paths: images to choose from (those without a pose file are ignored).
-        output_dir: folder of their pose files.
-        preview_dir: folder for the PNG thumbnails and ``index.html`` (created if missing).
-        num_images: how many images to show (all if fewer exist); 0 writes nothing.
-        seed: seed of the random choice, so that a re-run shows the same images.
-        thumb_height: thumbnail height in pixels.
-
-    Returns:
-        Path of ``index.html``, or ``None`` if nothing was written.
-    """
-    candidates = [os.fspath(p) for p in image_paths if os.path.isfile(pose_path_for(p, output_dir))]
-    if num_images <= 0 or not candidates:
-        return None
-    chosen = sorted(random.Random(seed).sample(candidates, min(num_images, len(candidates))))
-    preview_dir = os.fspath(preview_dir)
-    mkdir_if_missing(preview_dir)
-    cells = []
-    for path in chosen:
-        name = os.path.basename(path)
-        landmarks = read_pose_file(pose_path_for(path, output_dir))
-        thumb_name = os.path.splitext(name)[0] + ".png"
-        with atomic_write(os.path.join(preview_dir, thumb_name), "wb") as f:
-            draw_skeleton(read_image(path), landmarks, thumb_height).save(f, format="PNG")
-        found = int((landmarks >= 0).all(axis=1).sum())
-        src = html.escape(urllib.parse.quote(thumb_name), quote=True)
-        cells.append(f'<figure><img src="{src}" alt="{html.escape(name, quote=True)}" height="{thumb_height}">'
-                     f"<figcaption>{html.escape(name)}<br>{found}/{NUM_KEYPOINTS} keypoints</figcaption></figure>")
-    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Pose preview</title>\n"
-            "<style>body{font-family:sans-serif}figure{display:inline-block;margin:6px;text-align:center}"
-            "figcaption{font-size:12px;max-width:200px;overflow-wrap:anywhere}</style></head><body>\n"
-            f"<h1>Pose preview: {len(chosen)} of {len(candidates)} images</h1>\n"
-            "<p>right side red, left side blue, head green; white dots are detected keypoints.</p>\n"
-            + "\n".join(cells) + "\n</body></html>\n")
-    index = os.path.join(preview_dir, "index.html")
-    atomic_write_text(index, page)
-    return index

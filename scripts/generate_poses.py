@@ -11,6 +11,11 @@ Runs in its own environment (`make setup-pose` creates .venv-pose/):
 (pose_summary.json) and the preview (pose_preview/index.html) go to <dir>. With --images they go
 to --output, next to the pose files. Images whose pose file exists are skipped, so an interrupted
 run finishes when run again.
+
+A skeleton that cannot be the person the crop is framed on (low detector score, too small, out of
+vertical order, invisible shoulders, centred outside the crop) is rejected: its pose file is all
+-1 like a "no person" image, and the summary and the preview list it separately with the reason.
+A miss is retried (sharpened and upscaled, then with a wider border) before it is written.
 """
 from __future__ import annotations
 
@@ -46,9 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BlazePose visibility below which a keypoint is written as missing (-1 -1) "
                         "(default: %(default)s)")
     p.add_argument("--min-detection-confidence", type=float, default=0.5,
-                   help="person detector threshold; below it the image counts as 'no person' "
-                        "(default: %(default)s)")
-    p.add_argument("--no-pad", action="store_true", help="do not pad images to a square before estimation")
+                   help="person detector threshold on the first try (default: %(default)s)")
+    p.add_argument("--retry-detection-confidence", type=float, default=pe.DEFAULT_RETRY_DETECTION_CONFIDENCE,
+                   help="detector threshold when a miss is retried, sharpened and upscaled, then with a wider "
+                        "border (default: %(default)s)")
+    p.add_argument("--no-retry", action="store_true", help="do not retry a miss: one try per image")
+    p.add_argument("--min-height-fraction", type=float, default=pe.DEFAULT_MIN_HEIGHT_FRACTION,
+                   help="reject a skeleton whose nose-to-ankles height is below this fraction of the image "
+                        "height (default: %(default)s)")
+    p.add_argument("--min-shoulder-visibility", type=float, default=pe.DEFAULT_MIN_SHOULDER_VISIBILITY,
+                   help="reject a skeleton whose shoulders' mean visibility is below this (default: %(default)s)")
+    p.add_argument("--no-order-check", action="store_true",
+                   help="accept skeletons whose nose, shoulders, hips, knees, ankles are not top to bottom")
+    p.add_argument("--no-pad", action="store_true", help="do not pad images to a square on the first try")
     p.add_argument("--overwrite", action="store_true", help="redo images that already have a pose file")
     p.add_argument("--preview", type=int, default=16, metavar="N", help="random images in the HTML preview (default: 16; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the preview's random choice (default: 0)")
@@ -97,13 +112,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         errors: List[str] = []
         results = pe.run_pose_jobs(todo, pose_dir, num_workers=args.workers, min_visibility=args.min_visibility,
                                    min_detection_confidence=args.min_detection_confidence,
-                                   pad_square=not args.no_pad)
+                                   pad_square=not args.no_pad, retry=not args.no_retry,
+                                   retry_detection_confidence=args.retry_detection_confidence,
+                                   min_height_fraction=args.min_height_fraction,
+                                   min_shoulder_visibility=args.min_shoulder_visibility,
+                                   check_order=not args.no_order_check)
         for result in tqdm(results, total=len(todo), unit="img", disable=not todo):
             if result.error is not None:
                 errors.append(result.error)
         summary = pe.summarize_poses(image_paths, pose_dir)
         summary.update(processed=len(todo) - len(errors), skipped_existing=len(done), unreadable=errors,
                        pose_dir=pose_dir, min_visibility=args.min_visibility,
+                       thresholds={"min_detection_confidence": args.min_detection_confidence,
+                                   "retry_detection_confidence": None if args.no_retry
+                                   else args.retry_detection_confidence,
+                                   "min_height_fraction": args.min_height_fraction,
+                                   "min_shoulder_visibility": args.min_shoulder_visibility,
+                                   "order_check": not args.no_order_check},
                        estimator=f"mediapipe {mediapipe_version()} BlazePose, full landmark model "
                                  "(model_complexity=1)")
         summary_path = os.path.join(report_dir, SUMMARY_NAME)
@@ -111,7 +136,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         preview = pe.write_pose_preview(image_paths, pose_dir, os.path.join(report_dir, PREVIEW_NAME),
                                         num_images=args.preview, seed=args.seed)
         print(f"processed {summary['processed']}, skipped {len(done)} with a pose file; "
-              f"no person found in {len(summary['no_person'])} of {summary['num_with_pose_file']}")
+              f"no person found in {len(summary['no_person'])} of {summary['num_with_pose_file']}; "
+              f"{len(summary['rejected'])} implausible skeletons rejected; "
+              f"{len(summary['retried'])} found on a retry")
         print(pe.format_coverage_table(summary))
         print(f"summary: {summary_path}")
         if preview is not None:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from reid import pose_estimation as pe
 from reid.errors import ConfigError, DatasetError
+from reid.pose_plausibility import PlausibilityLimits
 from reid.utils.data.pose import KEYPOINT_NAMES, read_pose_file, write_pose_file
 from tests.browser import is_blank, screenshot
 
@@ -340,6 +341,119 @@ def test_draw_skeleton_draws_only_present_points() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# plausibility of a skeleton (reid.pose_plausibility)
+
+def upright_body(scale: float = 1.0, top: float = 0.1) -> np.ndarray:
+    """33 landmarks (x, y, z, visibility) of a standing person: nose at ``top``, ankles at
+    ``top + 0.8 * scale`` (crop heights), torso centred at x = 0.5."""
+    lm = np.tile([0.5, top + 0.3 * scale, 0.0, 0.9], (33, 1))
+    rows = {0: 0.0, 11: 0.12, 12: 0.12, 23: 0.4, 24: 0.4, 25: 0.6, 26: 0.6, 27: 0.8, 28: 0.8}
+    for idx, dy in rows.items():
+        lm[idx, 1] = top + dy * scale
+        lm[idx, 0] = 0.4 if idx % 2 else 0.6
+    return lm
+
+
+def test_an_upright_person_filling_the_crop_is_plausible() -> None:
+    assert pe.implausibility(upright_body(), score=0.9, min_score=0.5) is None
+    # a body cut by the crop's lower edge: knees and ankles predicted below it
+    assert pe.implausibility(upright_body(scale=2.0), score=0.9, min_score=0.5) is None
+
+
+def test_a_small_skeleton_is_rejected_with_its_height() -> None:
+    # nose-to-ankles 0.8 * 0.25 = 0.20 of the crop: the "skeleton on a wheel"
+    reason = pe.implausibility(upright_body(scale=0.25, top=0.5), score=0.9, min_score=0.5)
+    assert reason == "height 0.20 of the crop < 0.50"
+    limits = PlausibilityLimits(min_height_fraction=0.15)
+    assert pe.implausibility(upright_body(scale=0.25, top=0.5), 0.9, 0.5, limits) is None
+
+
+def test_a_skeleton_out_of_vertical_order_is_rejected() -> None:
+    lm = upright_body()
+    lm[[23, 24], 1] = 0.05  # hips above the nose
+    assert pe.implausibility(lm, 0.9, 0.5) == "vertical order: hips not below shoulders"
+    # points predicted outside the crop's rows are not compared
+    lm = upright_body()
+    lm[[25, 26], 1] = -0.3
+    assert pe.implausibility(lm, 0.9, 0.5) is None
+    flipped = upright_body()
+    flipped[:, 1] = 1.0 - flipped[:, 1]  # upside down
+    assert pe.implausibility(flipped, 0.9, 0.5).startswith("vertical order: shoulders not below nose")
+    assert pe.implausibility(flipped, 0.9, 0.5, PlausibilityLimits(check_order=False)) is None
+
+
+def test_score_visibility_and_centre_are_checked() -> None:
+    assert pe.implausibility(upright_body(), 0.44, 0.5) == "detector score 0.44 < 0.50"
+    lm = upright_body()
+    lm[[11, 12], 3] = (0.2, 0.6)  # mean 0.4
+    assert pe.implausibility(lm, 0.9, 0.5) == "shoulder visibility 0.40 < 0.50"
+    lm = upright_body()
+    lm[:, 0] += 0.7  # torso centre at x = 1.2
+    assert pe.implausibility(lm, 0.9, 0.5) == "body centre outside the crop (x = 1.20 of its width)"
+    lm = upright_body()
+    lm[3, 1] = np.nan
+    assert pe.implausibility(lm, 0.9, 0.5) == "non-finite landmarks"
+
+
+def test_plausibility_limits_are_range_checked() -> None:
+    with pytest.raises(ConfigError, match="--min-height-fraction"):
+        PlausibilityLimits(min_height_fraction=-0.1)
+    with pytest.raises(ConfigError, match="--min-shoulder-visibility"):
+        PlausibilityLimits(min_shoulder_visibility=1.5)
+
+
+def test_sharpened_upscale_enlarges_by_a_whole_factor() -> None:
+    img = np.zeros((128, 64, 3), dtype=np.uint8)
+    img[:, 32:] = 200
+    up = pe.sharpened_upscale(img)
+    assert up.shape == (512, 256, 3) and up.dtype == np.uint8
+    assert pe.sharpened_upscale(np.zeros((600, 300, 3), dtype=np.uint8)).shape == (600, 300, 3)
+    # the unsharp mask overshoots at the edge: darker than 0 is clipped, brighter than 200 shows
+    assert up[:, 128:140].max() > 200 and up[:, :100].max() == 0
+
+
+def test_pad_to_square_with_a_margin() -> None:
+    padded, top, left = pe.pad_to_square(np.ones((100, 50, 3), dtype=np.uint8), margin=0.3)
+    assert padded.shape == (130, 130, 3) and (top, left) == (15, 40)
+    assert padded.sum() == 100 * 50 * 3
+
+
+# ---------------------------------------------------------------------------------------------
+# the status log: rejected skeletons apart from "no person"
+
+def test_summary_and_preview_list_rejected_apart_from_no_person(tmp_path) -> None:
+    out = tmp_path / "poses"
+    paths = [_save_image(tmp_path / f"{n}.jpg") for n in ("ok", "retried", "rejected", "empty", "old")]
+    write_pose_file(out / "ok.txt", _pose([0, 1]))
+    write_pose_file(out / "retried.txt", _pose([0]))
+    for stem in ("rejected", "empty", "old"):
+        write_pose_file(out / f"{stem}.txt", _pose([]))
+    skeleton = _pose([0, 1, 2]).tolist()
+    for record in [{"image": "ok.jpg", "status": "accepted", "attempt": "plain"},
+                   {"image": "retried.jpg", "status": "accepted", "attempt": "sharpened"},
+                   {"image": "old.jpg", "status": "rejected", "reason": "stale"},
+                   {"image": "rejected.jpg", "status": "rejected", "reason": "height 0.20 of the crop < 0.50",
+                    "landmarks": skeleton},
+                   {"image": "empty.jpg", "status": "no_person"},
+                   {"image": "old.jpg", "status": "no_person"}]:  # the last record of an image wins
+        pe.append_status(out, record)
+    with open(out / "pose_status.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"image": "ok.jpg", "sta')  # cut short by a killed run
+    s = pe.summarize_poses(paths, out)
+    assert s["rejected"] == [{"image": "rejected.jpg", "reason": "height 0.20 of the crop < 0.50"}]
+    assert s["no_person"] == ["empty.jpg", "old.jpg"] and s["retried"] == ["retried.jpg"]
+    index = pe.write_pose_preview(paths, out, tmp_path / "preview")
+    text = open(index, encoding="utf-8").read()
+    assert "Skeletons: 2 of 2" in text and "Rejected skeletons (written as no person): 1 of 1" in text
+    assert "No person: 2 of 2" in text
+    rejected_section = text[text.index('id="rejected"'):text.index('id="no_person"')]
+    assert "rejected.jpg" in rejected_section and "height 0.20 of the crop &lt; 0.50" in rejected_section
+    # the rejected skeleton is drawn on its thumbnail (the plain image is one flat colour)
+    with Image.open(tmp_path / "preview" / "rejected.png") as thumb, Image.open(tmp_path / "preview" / "empty.png") as flat:
+        assert len(thumb.getcolors(1 << 16)) > 1 and len(flat.getcolors(1 << 16)) == 1
+
+
+# ---------------------------------------------------------------------------------------------
 # torch-free imports and the CLI's argument errors (no estimator needed)
 
 def test_pose_code_imports_without_torch() -> None:
@@ -375,6 +489,10 @@ def _cli_main():
     (["--images", "IMG", "--output", "OUT", "--min-visibility", "2"], "--min-visibility must be in [0, 1]"),
     (["--images", "IMG", "--output", "OUT", "-j", "0"], "-j/--workers must be at least 1"),
     (["--images", "EMPTY", "--output", "OUT"], "no image files"),
+    (["--images", "IMG", "--output", "OUT", "--retry-detection-confidence", "-1"],
+     "--retry-detection-confidence must be in [0, 1]"),
+    (["--images", "IMG", "--output", "OUT", "--min-height-fraction", "-1"], "--min-height-fraction must be in"),
+    (["--images", "IMG", "--output", "OUT", "--min-shoulder-visibility", "2"], "--min-shoulder-visibility must be in"),
 ])
 def test_cli_argument_errors_exit_2_with_one_line(tmp_path, capsys, argv, message) -> None:
     (tmp_path / "IMG").mkdir()
