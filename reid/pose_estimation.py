@@ -19,14 +19,12 @@ Pipeline pieces, each usable on its own:
 """
 from __future__ import annotations
 
-import html
 import importlib.util
 import logging
 import multiprocessing
 import os
 import random
 import sys
-import urllib.parse
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -35,9 +33,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from reid.errors import ConfigError, DatasetError
-from reid.utils.data.images import read_image
+from reid.utils.data.images import list_images, read_image  # noqa: F401  (pe.list_images for the CLI)
+from reid.utils.html import HTML
 from reid.utils.data.pose import KEYPOINT_NAMES, NUM_KEYPOINTS, SKELETON, read_pose_file, write_pose_file
-from reid.utils.osutils import PathLike, atomic_write, atomic_write_text, mkdir_if_missing
+from reid.utils.osutils import PathLike, atomic_write, mkdir_if_missing
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +54,9 @@ BLAZEPOSE_INDEX: Tuple[Optional[int], ...] = (
 )
 NECK = 1
 LEFT_SHOULDER_33, RIGHT_SHOULDER_33 = 11, 12
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_MIN_VISIBILITY = 0.5
+_PREVIEW_STYLE = ("body{font-family:sans-serif}figure{display:inline-block;margin:6px;text-align:center}"
+                  "figcaption{font-size:12px;max-width:200px;overflow-wrap:anywhere}")
 SETUP_HINT = "run `make setup-pose` and use .venv-pose/bin/python"
 MISSING = -1.0
 
@@ -200,23 +200,6 @@ def pose_path_for(image_path: PathLike, output_dir: PathLike) -> str:
     """The pose file of an image: ``<output_dir>/<image stem>.txt``."""
     stem = os.path.splitext(os.path.basename(os.fspath(image_path)))[0]
     return os.path.join(os.fspath(output_dir), stem + ".txt")
-
-
-def list_images(folder: PathLike) -> List[str]:
-    """Sorted paths of the image files directly inside ``folder`` (not recursive).
-
-    Raises:
-        DatasetError: the folder does not exist or holds no image.
-    """
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise DatasetError(f"{folder}: image folder not found")
-    paths = sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                   if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")
-                   and os.path.isfile(os.path.join(folder, n)))
-    if not paths:
-        raise DatasetError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    return paths
 
 
 def check_unique_stems(image_paths: Sequence[PathLike]) -> None:
@@ -459,7 +442,9 @@ def write_pose_preview(image_paths: Sequence[PathLike], output_dir: PathLike, pr
     chosen = sorted(random.Random(seed).sample(candidates, min(num_images, len(candidates))))
     preview_dir = os.fspath(preview_dir)
     mkdir_if_missing(preview_dir)
-    cells = []
+    page = HTML(preview_dir, "Pose preview", style=_PREVIEW_STYLE)
+    page.add_header(f"Pose preview: {len(chosen)} of {len(candidates)} images", level=1)
+    page.add_paragraph("right side red, left side blue, head green; white dots are detected keypoints.")
     for path in chosen:
         name = os.path.basename(path)
         landmarks = read_pose_file(pose_path_for(path, output_dir))
@@ -467,15 +452,6 @@ def write_pose_preview(image_paths: Sequence[PathLike], output_dir: PathLike, pr
         with atomic_write(os.path.join(preview_dir, thumb_name), "wb") as f:
             draw_skeleton(read_image(path), landmarks, thumb_height).save(f, format="PNG")
         found = int((landmarks >= 0).all(axis=1).sum())
-        src = html.escape(urllib.parse.quote(thumb_name), quote=True)
-        cells.append(f'<figure><img src="{src}" alt="{html.escape(name, quote=True)}" height="{thumb_height}">'
-                     f"<figcaption>{html.escape(name)}<br>{found}/{NUM_KEYPOINTS} keypoints</figcaption></figure>")
-    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Pose preview</title>\n"
-            "<style>body{font-family:sans-serif}figure{display:inline-block;margin:6px;text-align:center}"
-            "figcaption{font-size:12px;max-width:200px;overflow-wrap:anywhere}</style></head><body>\n"
-            f"<h1>Pose preview: {len(chosen)} of {len(candidates)} images</h1>\n"
-            "<p>right side red, left side blue, head green; white dots are detected keypoints.</p>\n"
-            + "\n".join(cells) + "\n</body></html>\n")
-    index = os.path.join(preview_dir, "index.html")
-    atomic_write_text(index, page)
+        page.add_figure(thumb_name, [name, f"{found}/{NUM_KEYPOINTS} keypoints"], alt=name, height=thumb_height)
+    index = page.save()
     return index
