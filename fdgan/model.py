@@ -19,7 +19,7 @@ from fdgan.networks import (
 )
 from fdgan.utils.util import posemap2im, tensor2im
 from reid.errors import ConfigError
-from reid.pipelines.common import build_siamese
+from reid.models.loading import build_siamese
 from reid.utils.optim import fused_kwargs, load_optimizer_state
 from reid.utils.runtime import DistributedContext, MixedPrecision, convert_sync_batchnorm, resolve_mixed_precision
 from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint, save_checkpoint

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from reid.errors import ConfigError, FDGANError
+from reid.models.loading import load_backbone
 from reid.utils.osutils import PathLike, atomic_path, saving_to
 
 logger = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ def export_model(
     """Load E's backbone from ``checkpoint`` and export it (the library behind scripts/export_model.py).
 
     Args:
-        checkpoint: E's weights in any form :func:`reid.feature_extraction.load_backbone` reads;
+        checkpoint: E's weights in any form :func:`reid.models.loading.load_backbone` reads;
             None exports random weights (tests only).
         path: the file to write.
         fmt: ``'torchscript'``, ``'onnx'`` or ``'exported-program'``.
@@ -274,8 +275,6 @@ def export_model(
     Returns:
         The largest absolute difference between the exported and the eager model.
     """
-    from reid.feature_extraction import load_backbone
-
     if fmt not in _EXPORTERS:
         raise ConfigError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     model = load_backbone(checkpoint, arch)

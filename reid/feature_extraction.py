@@ -3,7 +3,8 @@
 :class:`FeatureExtractor` builds the backbone of E (the ResNet cut at pooling, whose pooled
 features give the first-stage distances of spec section 7) and the test preprocessing once, then
 maps paths, PIL images, uint8 arrays or normalised tensors to an N x D feature matrix.
-:func:`load_backbone` reads every checkpoint form the project and the release write.
+:func:`reid.models.loading.load_backbone` reads every checkpoint form the project and the release
+write.
 :func:`extract_folder` and :func:`write_features_h5` are the library behind
 ``scripts/extract_features.py``.
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -21,113 +20,22 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from reid import models
-from reid.errors import CheckpointError, ConfigError, DatasetError, first_line
-from reid.utils.data.images import read_image
+from reid.errors import ConfigError, DatasetError, first_line
+from reid.models.loading import backbone_state_dict, load_backbone
+from reid.utils.data.images import ImageInput, list_images, to_pil
 from reid.utils.data.transforms import build_test_transform
 from reid.utils.osutils import PathLike, atomic_path, saving_to
 from reid.utils.runtime import resolve_device
-from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint
+from reid.utils.serialization import copy_state_dict, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "FeatureExtractor",
-    "detect_arch",
-    "backbone_state_dict",
-    "load_backbone",
-    "list_images",
     "extract_folder",
     "write_features_h5",
     "read_features_h5",
 ]
-
-#: File name endings (lower case) :func:`list_images` treats as images.
-IMAGE_EXTENSIONS: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
-
-# (bottleneck blocks?, blocks in layer1..layer4) -> architecture name.
-_RESNET_LAYOUTS: Dict[Tuple[bool, Tuple[int, ...]], str] = {
-    (False, (2, 2, 2, 2)): "resnet18",
-    (False, (3, 4, 6, 3)): "resnet34",
-    (True, (3, 4, 6, 3)): "resnet50",
-    (True, (3, 4, 23, 3)): "resnet101",
-    (True, (3, 8, 36, 3)): "resnet152",
-}
-_TORCHVISION_TOP = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.", "fc.")
-
-
-def backbone_state_dict(obj: Any, source: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":
-    """The backbone's state dict (keys ``base.*``) inside any loaded checkpoint.
-
-    Accepts a baseline ``{'state_dict': ...}`` or a ``<epoch>_net_E.pth`` state dict (keys of a
-    whole SiameseNet, ``base_model.*`` is taken), a plain backbone state dict (``base.*``) or a
-    torchvision ResNet state dict (``conv1.*``, ``layer1.*``, ...), with or without ``module.``.
-
-    Args:
-        obj: what :func:`reid.utils.serialization.load_checkpoint` returned.
-        source: the file name, for error messages.
-
-    Raises:
-        CheckpointError: no ResNet backbone in ``obj`` (e.g. a generator or discriminator file).
-    """
-    state = extract_state_dict(obj, source)
-    if any(k.startswith("base_model.") for k in state):
-        state = OrderedDict((k[len("base_model."):], v) for k, v in state.items() if k.startswith("base_model."))
-    elif not any(k.startswith("base.") for k in state) and any(k.startswith("layer1.") for k in state):
-        state = OrderedDict(
-            (f"base.{k}", v) for k, v in state.items() if k.startswith(_TORCHVISION_TOP)
-        )
-    if "base.conv1.weight" not in state or "base.layer1.0.conv1.weight" not in state:
-        raise CheckpointError(
-            f"{source}: holds no re-ID backbone (expected the keys of a SiameseNet 'base_model.base.*' "
-            f"or a ResNet 'base.*'; is this a generator or discriminator file?)"
-        )
-    return OrderedDict((k, v) for k, v in state.items() if k.startswith("base."))
-
-
-def detect_arch(state: Mapping[str, torch.Tensor]) -> Optional[str]:
-    """The ResNet name (``'resnet18'`` ... ``'resnet152'``) whose layout a ``base.*`` state dict
-    has, or None when it matches none of them."""
-    bottleneck = "base.layer1.0.conv3.weight" in state
-    blocks = []
-    for layer in range(1, 5):
-        pattern = re.compile(rf"^base\.layer{layer}\.(\d+)\.")
-        blocks.append(len({m.group(1) for k in state for m in [pattern.match(k)] if m}))
-    return _RESNET_LAYOUTS.get((bottleneck, tuple(blocks)))
-
-
-def load_backbone(checkpoint: Optional[PathLike], arch: str = "resnet50") -> nn.Module:
-    """Build E's backbone (a ResNet cut at pooling) and load ``checkpoint`` into it.
-
-    Args:
-        checkpoint: a checkpoint file in any form :func:`backbone_state_dict` accepts; None gives
-            randomly initialised weights (for tests and timing only).
-        arch: the architecture to build when it cannot be read from the weights' shapes (or when
-            ``checkpoint`` is None).
-
-    Returns:
-        The backbone in eval mode, on the CPU.
-
-    Raises:
-        CheckpointError: the file is missing or unreadable, or holds another network.
-        ConfigError: unknown ``arch``.
-    """
-    if checkpoint is None:
-        logger.warning("no checkpoint given: %s with random weights", arch)
-        return models.create(arch, pretrained=False, cut_at_pooling=True).eval()
-    source = os.fspath(checkpoint)
-    state = backbone_state_dict(load_checkpoint(source), source)
-    detected = detect_arch(state)
-    if detected is not None and detected != arch:
-        logger.info("%s: weights are %s (not %s); building %s", source, detected, arch, detected)
-    model = models.create(detected or arch, pretrained=False, cut_at_pooling=True)
-    copy_state_dict(state, model, strict=True, source=source)
-    logger.info("loaded %s backbone from %s", detected or arch, source)
-    return model.eval()
-
 
 class FeatureExtractor:
     """Extract re-ID features (E's pooled backbone output) from images.
@@ -195,7 +103,7 @@ class FeatureExtractor:
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
         """One image (path, PIL image or H x W x 3 uint8 array) -> normalised 3 x H x W tensor."""
-        return self.transform(self._to_pil(image, "image"))
+        return self.transform(to_pil(image, "image"))
 
     def __call__(self, images: Union[ImageInput, Sequence[ImageInput], torch.Tensor]) -> torch.Tensor:
         """Features of ``images`` as an N x D float32 CPU tensor (rows in input order).
@@ -223,7 +131,7 @@ class FeatureExtractor:
             for start in range(0, len(items), self.batch_size):
                 chunk = items[start:start + self.batch_size]
                 yield torch.stack([
-                    self.transform(self._to_pil(img, f"images[{start + i}]")) for i, img in enumerate(chunk)
+                    self.transform(to_pil(img, f"images[{start + i}]")) for i, img in enumerate(chunk)
                 ])
 
         return self._run(batches())
@@ -241,55 +149,19 @@ class FeatureExtractor:
             return torch.zeros(0, self.feature_dim or 0)
         return torch.cat(outputs)
 
-    @staticmethod
-    def _to_pil(image: ImageInput, what: str) -> Image.Image:
-        if isinstance(image, (str, os.PathLike)):
-            return read_image(image)
-        if isinstance(image, Image.Image):
-            return image if image.mode == "RGB" else image.convert("RGB")
-        if isinstance(image, np.ndarray):
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise DatasetError(
-                    f"{what}: expected an H x W x 3 uint8 array, got shape {image.shape} dtype {image.dtype}"
-                )
-            return Image.fromarray(np.ascontiguousarray(image))
-        raise DatasetError(f"{what}: expected a path, PIL image or uint8 array, got {type(image).__name__}")
-
-
-def list_images(folder: PathLike) -> List[str]:
-    """Paths (relative to ``folder``, '/'-separated, sorted) of every image below ``folder``.
-
-    Images are files whose name ends in one of :data:`IMAGE_EXTENSIONS` (any case); hidden files
-    and folders (names starting with '.') are skipped.
-
-    Raises:
-        DatasetError: ``folder`` is not a folder, or holds no image.
-    """
-    root = os.fspath(folder)
-    if not os.path.isdir(root):
-        raise DatasetError(f"{root}: image folder not found")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
-    if not found:
-        raise DatasetError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
-    return sorted(found)
-
 
 def extract_folder(extractor: FeatureExtractor, folder: PathLike) -> Tuple[List[str], torch.Tensor]:
     """Features of every image below ``folder``.
 
     Args:
         extractor: the feature extractor to run.
-        folder: the image folder, searched recursively (see :func:`list_images`).
+        folder: the image folder, searched recursively
+            (:func:`reid.utils.data.images.list_images`).
 
     Returns:
         ``(names, features)``: the relative paths in sorted order and the N x D features.
     """
-    names = list_images(folder)
+    names = list_images(folder, recursive=True)
     logger.info("%s: extracting features of %d images", os.fspath(folder), len(names))
     return names, extractor([os.path.join(os.fspath(folder), n) for n in names])
 

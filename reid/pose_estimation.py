@@ -40,7 +40,7 @@ from reid.pose_plausibility import (DEFAULT_MIN_HEIGHT_FRACTION, DEFAULT_MIN_SHO
 from reid.pose_report import (ACCEPTED, NO_PERSON, REJECTED, append_status, check_unique_stems,  # noqa: F401
                               draw_skeleton, format_coverage_table, plan_pose_jobs, pose_path_for,
                               summarize_poses, write_pose_preview)
-from reid.utils.data.images import read_image
+from reid.utils.data.images import list_images, read_image  # noqa: F401  (pe.list_images for the CLI)
 from reid.utils.data.pose import NUM_KEYPOINTS, write_pose_file
 from reid.utils.osutils import PathLike, mkdir_if_missing
 
@@ -60,7 +60,6 @@ BLAZEPOSE_INDEX: Tuple[Optional[int], ...] = (
 )
 NECK = 1
 LEFT_SHOULDER_33, RIGHT_SHOULDER_33 = 11, 12
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_MIN_VISIBILITY = 0.5
 SETUP_HINT = "run `make setup-pose` and use .venv-pose/bin/python"
 MISSING = -1.0
@@ -295,21 +294,6 @@ class BlazePoseEstimator:
 # ------------------------------------------------------------------------------------------------
 # Many images: input lists, resumable multi-process runs
 
-def list_images(folder: PathLike) -> List[str]:
-    """Sorted paths of the image files directly inside ``folder`` (not recursive).
-
-    Raises:
-        DatasetError: the folder does not exist or holds no image.
-    """
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise DatasetError(f"{folder}: image folder not found")
-    paths = sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                   if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")
-                   and os.path.isfile(os.path.join(folder, n)))
-    if not paths:
-        raise DatasetError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    return paths
 
 
 @dataclass

@@ -9,11 +9,9 @@ wins, so re-runs and ``--overwrite`` need no clean-up. Torch-free.
 """
 from __future__ import annotations
 
-import html
 import json
 import os
 import random
-import urllib.parse
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -21,8 +19,12 @@ from PIL import Image, ImageDraw
 
 from reid.errors import ConfigError
 from reid.utils.data.images import read_image
+from reid.utils.html import HTML
 from reid.utils.data.pose import KEYPOINT_NAMES, NUM_KEYPOINTS, SKELETON, read_pose_file
-from reid.utils.osutils import PathLike, atomic_write, atomic_write_text, mkdir_if_missing
+from reid.utils.osutils import PathLike, atomic_write, mkdir_if_missing
+
+PREVIEW_STYLE = ("body{font-family:sans-serif}figure{display:inline-block;margin:6px;text-align:center}"
+                 "figcaption{font-size:12px;max-width:200px;overflow-wrap:anywhere}")
 
 STATUS_LOG_NAME = "pose_status.jsonl"
 ACCEPTED, REJECTED, NO_PERSON = "accepted", "rejected", "no_person"
@@ -235,28 +237,20 @@ def write_pose_preview(image_paths: Sequence[PathLike], output_dir: PathLike, pr
     mkdir_if_missing(preview_dir)
     rng = random.Random(seed)
     titles = {ACCEPTED: "Skeletons", REJECTED: "Rejected skeletons (written as no person)", NO_PERSON: "No person"}
-    sections, shown = [], 0
+    chosen = {key: sorted(rng.sample(items, min(num_images, len(items))), key=lambda item: item[0])
+              for key, items in groups.items()}
+    page = HTML(preview_dir, "Pose preview", style=PREVIEW_STYLE)
+    page.add_header(f"Pose preview: {sum(map(len, chosen.values()))} of {len(candidates)} images", level=1)
+    page.add_paragraph("right side red, left side blue, head green; white dots are detected keypoints.")
     for key, items in groups.items():
-        chosen = sorted(rng.sample(items, min(num_images, len(items))), key=lambda item: item[0])
-        shown += len(chosen)
-        cells = []
-        for path, landmarks, reason in chosen:
+        page.add_header(f"{titles[key]}: {len(chosen[key])} of {len(items)}", level=2, anchor=key)
+        for path, landmarks, reason in chosen[key]:
             name = os.path.basename(path)
             thumb_name = os.path.splitext(name)[0] + ".png"
             with atomic_write(os.path.join(preview_dir, thumb_name), "wb") as f:
                 draw_skeleton(read_image(path), landmarks, thumb_height).save(f, format="PNG")
             found = int((landmarks >= 0).all(axis=1).sum())
-            note = html.escape(reason) if reason else f"{found}/{NUM_KEYPOINTS} keypoints"
-            src = html.escape(urllib.parse.quote(thumb_name), quote=True)
-            cells.append(f'<figure><img src="{src}" alt="{html.escape(name, quote=True)}" height="{thumb_height}">'
-                         f"<figcaption>{html.escape(name)}<br>{note}</figcaption></figure>")
-        sections.append(f'<h2 id="{key}">{titles[key]}: {len(chosen)} of {len(items)}</h2>\n' + "\n".join(cells))
-    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Pose preview</title>\n"
-            "<style>body{font-family:sans-serif}figure{display:inline-block;margin:6px;text-align:center}"
-            "figcaption{font-size:12px;max-width:200px;overflow-wrap:anywhere}</style></head><body>\n"
-            f"<h1>Pose preview: {shown} of {len(candidates)} images</h1>\n"
-            "<p>right side red, left side blue, head green; white dots are detected keypoints.</p>\n"
-            + "\n".join(sections) + "\n</body></html>\n")
-    index = os.path.join(preview_dir, "index.html")
-    atomic_write_text(index, page)
+            page.add_figure(thumb_name, [name, reason or f"{found}/{NUM_KEYPOINTS} keypoints"], alt=name,
+                            height=thumb_height)
+    index = page.save()
     return index

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Mapping, Sequence
-from urllib.parse import quote
 
-import dominate
-from dominate import tags as T
+from reid.utils.html import HTML
+from reid.utils.osutils import atomic_write
 
-from reid.utils.osutils import atomic_write, atomic_write_text
-
+_STYLE = ("body{font-family:sans-serif;margin:24px;max-width:1100px} table{border-collapse:collapse}"
+          "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right} th{background:#eee}"
+          "td:nth-child(-n+3){text-align:left} img{max-width:100%;border:1px solid #ddd;margin:6px 0}")
 LOSS_LINE = re.compile(r"^\(epoch: (\d+), iters: (\d+), time: [-\d.]+\) (.*)$")
 
 
@@ -91,33 +90,15 @@ def results_rows(named_results: Mapping[str, str]) -> list[list[str]]:
 def write_report(out_dir: str, title: str, rows: Sequence[Sequence[str]], images: Sequence[tuple[str, str]],
                  links: Sequence[tuple[str, str]], notes: Sequence[str] = ()) -> str:
     """Write ``<out_dir>/index.html``: notes, a results table, pictures and links (paths relative to out_dir)."""
-    doc = dominate.document(title=title)
-    with doc.head:
-        T.style("body{font-family:sans-serif;margin:24px;max-width:1100px} table{border-collapse:collapse}"
-                "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right} th{background:#eee}"
-                "td:nth-child(-n+3){text-align:left} img{max-width:100%;border:1px solid #ddd;margin:6px 0}")
-    with doc:
-        T.h1(title)
-        for note in notes:
-            T.p(note)
-        T.h2("Results (percent)")
-        with T.table():
-            with T.tr():
-                for h in ("model", "protocol", "stage", "mAP", "top-1", "top-5", "top-10"):
-                    T.th(h)
-            for row in rows:
-                with T.tr():
-                    for cell in row:
-                        T.td(cell)
-        T.h2("Pictures")
-        for caption, rel in images:
-            with T.figure():
-                T.img(src=quote(rel), alt=caption)
-                T.figcaption(caption)
-        T.h2("More")
-        with T.ul():
-            for text, rel in links:
-                T.li(T.a(text, href=quote(rel)))
-    path = os.path.join(out_dir, "index.html")
-    atomic_write_text(path, doc.render())
-    return path
+    page = HTML(out_dir, title, style=_STYLE)
+    page.add_header(title, level=1)
+    for note in notes:
+        page.add_paragraph(note)
+    page.add_header("Results (percent)", level=2)
+    page.add_table(("model", "protocol", "stage", "mAP", "top-1", "top-5", "top-10"), rows)
+    page.add_header("Pictures", level=2)
+    for caption, rel in images:
+        page.add_figure(rel, caption)
+    page.add_header("More", level=2)
+    page.add_links(links)
+    return page.save()

@@ -9,7 +9,7 @@ The library behind ``scripts/visualize_ranks.py``:
   frame), then the ranked gallery images framed green (same identity) or red (other identity),
   with the rank, identity, camera and distance underneath; :class:`RankLayout` gives the pixel
   geometry;
-- :func:`write_rank_page`: the HTML index of those PNGs (:class:`fdgan.utils.html.HTML`, every
+- :func:`write_rank_page`: the HTML index of those PNGs (:class:`reid.utils.html.HTML`, every
   name escaped);
 - :func:`visualize_ranks`: the whole run for a checkpoint and a dataset.
 """
@@ -26,18 +26,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from fdgan.utils.html import HTML
-from fdgan.utils.util import save_image
-from reid.errors import CheckpointError, ConfigError, DatasetError
+from reid.errors import ConfigError, DatasetError
 from reid.evaluators import extract_features, pairwise_distance, rerank_distances
-from reid.feature_extraction import backbone_state_dict, detect_arch
-from reid.models.multi_branch import SiameseNet
-from reid.pipelines.common import PROTOCOLS, build_siamese, load_dataset
-from reid.utils.data.images import read_image
+from reid.models.loading import load_siamese
+from reid.pipelines.common import PROTOCOLS, load_dataset
+from reid.utils.data.images import save_image, to_pil
 from reid.utils.data.loaders import build_eval_loader, unique_items
+from reid.utils.html import HTML
 from reid.utils.osutils import PathLike, write_json
 from reid.utils.runtime import resolve_device
-from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +48,6 @@ __all__ = [
     "rank_lists",
     "draw_ranked_list",
     "write_rank_page",
-    "load_siamese",
     "visualize_ranks",
 ]
 
@@ -185,13 +181,9 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _open(image: ImageLike) -> Image.Image:
-    return image.convert("RGB") if isinstance(image, Image.Image) else read_image(image)
-
-
 def _framed(image: ImageLike, colour: Tuple[int, int, int], layout: RankLayout) -> Image.Image:
     tile = Image.new("RGB", layout.tile_size, colour)
-    thumb = _open(image).resize((layout.thumb_width, layout.thumb_height), Image.BILINEAR)
+    thumb = to_pil(image).resize((layout.thumb_width, layout.thumb_height), Image.BILINEAR)
     tile.paste(thumb, (layout.border, layout.border))
     return tile
 
@@ -268,37 +260,6 @@ def write_rank_page(output_dir: PathLike, entries: Sequence[Tuple[str, str, int]
     return page.save()
 
 
-def load_siamese(checkpoint: PathLike) -> SiameseNet:
-    """Build the SiameseNet (backbone + verification head) a checkpoint holds and load it.
-
-    Args:
-        checkpoint: a baseline ``model_best.pth.tar`` / ``checkpoint.pth.tar`` or an
-            ``<epoch>_net_E.pth`` (with or without ``module.``); the ResNet depth is read from
-            the weights.
-
-    Returns:
-        The network in eval mode, on the CPU.
-
-    Raises:
-        CheckpointError: missing/unreadable file, no backbone, no verification head, or weights
-            of another shape.
-    """
-    source = os.fspath(checkpoint)
-    state = extract_state_dict(load_checkpoint(source), source)
-    arch = detect_arch(backbone_state_dict(state, source))
-    if arch is None:
-        raise CheckpointError(f"{source}: the backbone's layer layout matches no ResNet of reid.models")
-    if not any(k.startswith("embed_model.") for k in state):
-        raise CheckpointError(
-            f"{source}: holds no verification head (embed_model.*); ranked lists need a whole E: a "
-            "baseline model_best.pth.tar or an <epoch>_net_E.pth"
-        )
-    model = build_siamese(arch, pretrained=False, num_classes=2)
-    copy_state_dict(state, model, strict=True, source=source)
-    logger.info("%s: %s SiameseNet loaded", source, arch)
-    return model.eval()
-
-
 def _safe_stem(fname: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", os.path.splitext(os.path.basename(fname))[0])[:60] or "query"
 
@@ -341,7 +302,7 @@ def visualize_ranks(
     """Draw the first- and second-stage ranked lists of some queries and index them in a page.
 
     Args:
-        checkpoint: E's weights (``--checkpoint``; see :func:`load_siamese`).
+        checkpoint: E's weights (``--checkpoint``; see :func:`reid.models.loading.load_siamese`).
         dataset_name: ``-d``, e.g. ``market1501``; the data is ``<data_dir>/<dataset_name>``.
         data_dir: ``--data-dir``.
         output_dir: ``--output``: receives ``images/query_XXX_<stem>.png``, ``index.html`` and

@@ -23,9 +23,8 @@ from typing import List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reid import models  # noqa: E402
-from reid.errors import FDGANError  # noqa: E402
 from reid.export import FORMATS, export_model  # noqa: E402
-from reid.utils.logging import setup_logging  # noqa: E402
+from scripts._cli import run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,16 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    try:
+    def body(args: argparse.Namespace) -> str:
         diff = export_model(args.checkpoint, args.output, fmt=args.format, arch=args.arch,
                             height=args.height, width=args.width, atol=args.atol)
-    except FDGANError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.output}: {args.format} export verified, max abs difference to PyTorch {diff:.3g}")
-    return 0
+        return f"{args.output}: {args.format} export verified, max abs difference to PyTorch {diff:.3g}"
+
+    return run_cli(build_parser(), argv, body)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ from typing import List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reid import models  # noqa: E402
-from reid.errors import FDGANError  # noqa: E402
-from reid.feature_extraction import FeatureExtractor, extract_folder, list_images, write_features_h5  # noqa: E402
-from reid.utils.logging import setup_logging  # noqa: E402
+from reid.feature_extraction import FeatureExtractor, extract_folder, write_features_h5  # noqa: E402
+from reid.utils.data.images import list_images  # noqa: E402
+from scripts._cli import run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    try:
-        list_images(args.images)  # a wrong folder fails before the network is built
+    def body(args: argparse.Namespace) -> str:
+        list_images(args.images, recursive=True)  # a wrong folder fails before the network is built
         extractor = FeatureExtractor(args.checkpoint, arch=args.arch, height=args.height, width=args.width,
                                      device=args.device, batch_size=args.batch_size, normalize=args.normalize)
         names, features = extract_folder(extractor, args.images)
@@ -51,11 +49,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             "checkpoint": os.path.abspath(args.checkpoint), "arch": extractor.arch,
             "height": args.height, "width": args.width, "normalize": bool(args.normalize),
         })
-    except FDGANError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.output}: {features.shape[0]} x {features.shape[1]} features")
-    return 0
+        return f"{args.output}: {features.shape[0]} x {features.shape[1]} features"
+
+    return run_cli(build_parser(), argv, body)
 
 
 if __name__ == "__main__":

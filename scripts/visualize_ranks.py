@@ -22,10 +22,9 @@ from typing import List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reid import datasets  # noqa: E402
-from reid.errors import FDGANError  # noqa: E402
 from reid.pipelines.common import PROTOCOLS  # noqa: E402
-from reid.utils.logging import setup_logging  # noqa: E402
 from reid.visualization import visualize_ranks  # noqa: E402
+from scripts._cli import run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,20 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    try:
+    def body(args: argparse.Namespace) -> str:
         result = visualize_ranks(
             args.checkpoint, args.dataset, args.data_dir, args.output, queries=args.queries,
             num_queries=args.num_queries, seed=args.seed, topk=args.topk, rerank_topk=args.rerank_topk,
             protocol=args.protocol, split_id=args.split, height=args.height, width=args.width,
             batch_size=args.batch_size, workers=args.workers, device=args.device, progress=True,
         )
-    except FDGANError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{len(result['images'])} ranked lists, page {result['page']}")
-    return 0
+        return f"{len(result['images'])} ranked lists, page {result['page']}"
+
+    return run_cli(build_parser(), argv, body)
 
 
 if __name__ == "__main__":

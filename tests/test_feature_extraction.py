@@ -12,14 +12,9 @@ from PIL import Image
 
 from reid import models
 from reid.errors import CheckpointError, DatasetError
-from reid.feature_extraction import (
-    FeatureExtractor,
-    backbone_state_dict,
-    detect_arch,
-    list_images,
-    read_features_h5,
-)
-from reid.pipelines.common import build_siamese
+from reid.feature_extraction import FeatureExtractor, read_features_h5
+from reid.models.loading import backbone_state_dict, build_siamese, detect_arch
+from reid.utils.data.images import list_images
 
 H, W = 64, 32
 MEAN = np.array([0.485, 0.456, 0.406])
@@ -199,7 +194,7 @@ def test_script_writes_hdf5_matching_extractor(tmp_path, backbone, arrays, capsy
     (images / "notes.txt").write_text("not an image")
     Image.fromarray(arrays[0]).save(images / ".hidden" / "x.png")
     expected_names = ["a.JPG", "b.png", "cam2/c.png", "cam2/deeper/d.jpeg", "cam2/e.bmp"]
-    assert list_images(images) == expected_names
+    assert list_images(images, recursive=True) == expected_names
 
     ckpt = _save({"state_dict": {f"module.base_model.{k}": v for k, v in backbone.state_dict().items()}},
                  tmp_path / "model_best.pth.tar")

@@ -1,4 +1,5 @@
-"""Tests of fdgan.generation and scripts/generate_images.py: pose transfer with tiny networks.
+"""Tests of fdgan.generation, fdgan.loading, fdgan.pose_targets, fdgan.generation_output and
+scripts/generate_images.py: pose transfer with tiny networks.
 
 E is a ResNet-18 SiameseNet and G a 64 x 32 generator with tiny pose/noise sizes, both saved in
 the release's train.py format ('module.'-prefixed plain state dicts).
@@ -22,20 +23,14 @@ import pytest
 import torch
 from PIL import Image
 
-from fdgan.generation import (
-    PoseTransfer,
-    draw_noise,
-    infer_generator_config,
-    load_target_pose,
-    make_grid,
-    parse_size,
-    run_generation,
-    scale_landmarks,
-)
+from fdgan.generation import PoseTransfer, draw_noise
+from fdgan.generation_output import make_grid
+from fdgan.loading import infer_generator_config
 from fdgan.networks import CustomPoseGenerator, get_norm_layer
+from fdgan.pose_targets import load_target_pose, scale_landmarks
 from fdgan.utils.util import tensor2im
 from reid.errors import CheckpointError, ConfigError, DatasetError
-from reid.pipelines.common import build_siamese
+from reid.models.loading import build_siamese
 from reid.utils.data.pose import read_pose_file
 from reid.utils.data.preprocessor import generate_pose_map
 from reid.utils.data.transforms import build_test_transform
@@ -46,6 +41,19 @@ H, W = 64, 32
 POSE_NC, NOISE_NC = 8, 4
 REID_NC = 512  # ResNet-18
 SCRIPT = os.path.join(REPO_ROOT, "scripts", "generate_images.py")
+
+
+def load_script() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("generate_images_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The command line's own pieces: argument parsing and the whole run.
+_script = load_script()
+parse_size = _script.parse_size
+run_generation = _script.run_generation
 
 
 def make_generator(fuse_mode: str = "cat", connect_layers: int = 0, norm: str = "batch", seed: int = 0,
@@ -431,7 +439,4 @@ def test_cli(tmp_path: Path, nets, synthetic_root: str, capsys: pytest.CaptureFi
 
 
 def load_script_main():
-    spec = importlib.util.spec_from_file_location("generate_images_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script().main

@@ -173,22 +173,6 @@ def _save_image(path, colour=(90, 120, 150), size=(32, 64)) -> str:
     return str(path)
 
 
-def test_list_images_is_sorted_and_skips_other_files(tmp_path) -> None:
-    for name in ["b.jpg", "a.PNG", "c.jpeg", "notes.txt", ".hidden.jpg"]:
-        (tmp_path / name).write_bytes(b"x")
-    (tmp_path / "sub.jpg").mkdir()  # a folder named like an image
-    got = [os.path.basename(p) for p in pe.list_images(tmp_path)]
-    assert got == ["a.PNG", "b.jpg", "c.jpeg"]
-
-
-def test_list_images_errors(tmp_path) -> None:
-    with pytest.raises(DatasetError, match="not found"):
-        pe.list_images(tmp_path / "nope")
-    (tmp_path / "readme.txt").write_text("x")
-    with pytest.raises(DatasetError, match="no image files"):
-        pe.list_images(tmp_path)
-
-
 def test_plan_skips_images_with_a_pose_file_unless_overwrite(tmp_path) -> None:
     images = [str(tmp_path / f"{i:08d}_00_0000.jpg") for i in range(4)]
     out = tmp_path / "poses"

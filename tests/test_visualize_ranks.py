@@ -16,7 +16,8 @@ from PIL import Image
 
 from reid.errors import CheckpointError, ConfigError, DatasetError
 from reid.evaluators import extract_features, pairwise_distance, rerank_distances
-from reid.pipelines.common import build_siamese, load_dataset
+from reid.models.loading import build_siamese, load_siamese
+from reid.pipelines.common import load_dataset
 from reid.utils.data.loaders import build_eval_loader, unique_items
 from reid.visualization import (
     MATCH_COLOUR,
@@ -26,7 +27,6 @@ from reid.visualization import (
     RankLayout,
     RankRow,
     draw_ranked_list,
-    load_siamese,
     rank_lists,
     visualize_ranks,
 )

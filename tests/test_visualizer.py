@@ -25,7 +25,6 @@ import pytest
 import torch
 from PIL import Image
 
-from fdgan.utils.html import HTML
 from fdgan.utils.util import IMAGENET_MEAN, IMAGENET_STD, posemap2im, save_image, tensor2im
 from fdgan.utils.visualizer import (
     Visualizer,
@@ -33,6 +32,7 @@ from fdgan.utils.visualizer import (
     image_filename,
     label_to_filename,
 )
+from reid.utils.html import HTML
 from tests.browser import is_blank, screenshot
 
 MARKUP = '<b>x"y</b>'
@@ -221,7 +221,7 @@ def test_save_image_writes_a_png_atomically(tmp_path: Path) -> None:
         save_image(image.astype(np.float32), tmp_path / "bad.png")
 
 
-# --------------------------------------------------------------------------------- html.py
+# --------------------------------------------------------------------------- reid/utils/html.py
 def test_html_page_escapes_text_and_quotes_file_names(tmp_path: Path) -> None:
     page = HTML(tmp_path / "web", "title <script>alert(1)</script>")
     name = "a <i>x\"y'z<i> & b #1?.png"  # markup, both quotes, spaces, '#' and '?'

@@ -1,2 +1,2 @@
-"""Helpers around FD-GAN training: image conversion (:mod:`.util`), the HTML gallery
-(:mod:`.html`) and the dashboards (:mod:`.visualizer`)."""
+"""Helpers around FD-GAN training: image conversion (:mod:`.util`) and the dashboards
+(:mod:`.visualizer`); the HTML gallery is :class:`reid.utils.html.HTML`."""

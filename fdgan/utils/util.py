@@ -5,18 +5,19 @@ target images are normalised by the data pipeline, and the generator, although i
 Tanh, is trained with an L1 loss against the normalised target, so its output approximates a
 normalised image too (clipped to [-1, 1]). All three are therefore shown by undoing the ImageNet
 normalisation, as the release does. The pose map is an 18-channel stack of peaks in [0, 1] and is
-shown as the grey image of its channel sum clipped at 1.
+shown as the grey image of its channel sum clipped at 1. :func:`save_image` (PNG files) is
+:func:`reid.utils.data.images.save_image`.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
 
-from reid.utils.osutils import atomic_write
+from reid.utils.data.images import save_image
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "tensor2im", "posemap2im", "save_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,21 +88,3 @@ def posemap2im(posemap_tensor: ArrayOrTensor) -> np.ndarray:
     posemap = _first_image(posemap_tensor, "posemap2im")
     grey = _to_uint8(posemap.sum(axis=0))
     return np.repeat(grey[:, :, None], 3, axis=2)
-
-
-def save_image(image: np.ndarray, path: Union[str, os.PathLike]) -> None:
-    """Write an image array to ``path`` as PNG, atomically.
-
-    Args:
-        image: an H x W x 3 (RGB) or H x W (grey) uint8 array, as returned by :func:`tensor2im`.
-        path: the destination file; its folder is created if missing. The file is always PNG,
-            whatever its extension.
-    """
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise ValueError(f"save_image: expected a uint8 array, got {array.dtype}")
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
-        raise ValueError(f"save_image: expected an HxW or HxWx3 array, got shape {array.shape}")
-    picture = Image.fromarray(np.ascontiguousarray(array))
-    with atomic_write(path, "wb") as f:
-        picture.save(f, format="PNG")

@@ -12,7 +12,6 @@ is switched off and training goes on.
 """
 from __future__ import annotations
 
-import html
 import logging
 import math
 import os
@@ -23,8 +22,8 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from fdgan.utils.html import HTML
-from fdgan.utils.util import save_image
+from reid.utils.data.images import save_image
+from reid.utils.html import HTML, table_html
 from reid.utils.osutils import mkdir_if_missing
 
 logger = logging.getLogger(__name__)
@@ -270,11 +269,8 @@ class Visualizer:
             tiles.append(tile.transpose(2, 0, 1))
         while len(tiles) % ncols:
             tiles.append(np.full((3, height, width), 255, dtype=np.uint8))
-        labels = [html.escape(label) for label in visuals.keys()]
-        rows = [labels[i : i + ncols] for i in range(0, len(labels), ncols)]
-        table = "<table>%s</table>" % "".join(
-            "<tr>%s</tr>" % "".join(f"<td>{label}</td>" for label in row) for row in rows
-        )
+        labels = list(visuals.keys())
+        table = table_html([labels[i : i + ncols] for i in range(0, len(labels), ncols)])
         self._send(
             "images", np.stack(tiles), nrow=ncols, padding=2, win=self._win(1),
             opts={"title": f"{self.name} images"},

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from reid.errors import ConfigError, DatasetError
+from reid.utils.data.images import IMAGE_EXTENSIONS
 from reid.utils.osutils import PathLike, atomic_write, mkdir_if_missing, write_json
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ OFFICIAL_MD5 = {
     "cuhk03": "728939e58ad9f0ff53e521857dd8fb43",  # cuhk03_release.zip
 }
 JPEG_QUALITY = 95  # for images that are not JPEG already (CUHK03 arrays, PNGs of generic folders)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 _NAME_PATTERN = re.compile(r"^(-?\d+)_c(\d+)")
 _MARKER = ".convert.json"
 _MARKET_FOLDERS = ("bounding_box_train", "bounding_box_test", "query")

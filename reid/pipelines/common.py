@@ -8,11 +8,11 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from reid import datasets, models
+from reid import datasets
 from reid.errors import ConfigError
 from reid.evaluation_metrics import evaluate_rank, format_results
 from reid.evaluators import CascadeEvaluator, ids_and_cams, extract_features, pairwise_distance
-from reid.models.embedding import EltwiseSubEmbed
+from reid.models.loading import build_siamese  # noqa: F401  (the CLIs' model builder lives with the models)
 from reid.models.multi_branch import SiameseNet
 from reid.utils.data.dataset import Dataset
 from reid.utils.data.loaders import build_eval_loader, unique_items
@@ -22,16 +22,6 @@ from reid.utils.rerank import rerank_distmat
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("openreid", "official")
-
-
-def build_siamese(arch: str = "resnet50", pretrained: bool = True, num_classes: int = 2) -> SiameseNet:
-    """SiameseNet(ResNet cut at pooling, EltwiseSubEmbed(square, BN, classifier)) as net_E / net_Di."""
-    base = models.create(arch, pretrained=pretrained, cut_at_pooling=True)
-    embed = EltwiseSubEmbed(
-        nonlinearity="square", use_batch_norm=True, use_classifier=True,
-        num_features=base.num_features, num_classes=num_classes,
-    )
-    return SiameseNet(base, embed)
 
 
 def load_dataset(
