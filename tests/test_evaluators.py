@@ -1,4 +1,5 @@
 """The cascade evaluation: distances, batched second stage against a per-query reference loop."""
+import copy
 import os
 
 import numpy as np
@@ -178,7 +179,7 @@ def test_smallest_k_is_a_valid_selection_with_ties(rows, cols, data):
 
 def _folded_reference(qf, gf, top_idx, head):
     """The head's 'different identity' probability for every (query, candidate) pair, in float64."""
-    head64 = head.double()
+    head64 = copy.deepcopy(head).double()  # .double() converts in place
     with torch.no_grad():
         q = qf.double()[:, None, :].expand(-1, top_idx.shape[1], -1).reshape(-1, qf.shape[1])
         logits = head64(q, gf.double()[top_idx.reshape(-1)])
