@@ -187,6 +187,7 @@ def _mean_or_zero(aps: list) -> float:
 
 def _plain_cmc(dist, qids, gids, qcams, gcams, topk: int, separate_camera_set: bool,
                single_gallery_shot: bool, first_match_break: bool, rng: np.random.Generator) -> np.ndarray:
+    """The CMC curve as :func:`cmc` defines it, one query at a time."""
     hist = np.zeros(topk)
     num_valid = 0
     labels = np.unique(gids)
