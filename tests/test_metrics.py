@@ -1,4 +1,5 @@
-"""Tests of reid.evaluation_metrics: hand-computed cases and independent reference loops."""
+"""Tests of reid.evaluation_metrics: hand-computed cases and independent reference loops, each
+through both forms: the per-query definitions and reid.evaluation_metrics.fast_ranking."""
 import itertools
 
 import numpy as np
@@ -17,6 +18,14 @@ from reid.evaluation_metrics import (
     format_results,
     mean_ap,
 )
+from reid.evaluation_metrics import ranking
+
+
+@pytest.fixture(autouse=True, params=["per-query", "fast"])
+def metric_form(request, monkeypatch):
+    """Runs every test with each form of the metrics, whatever the matrix's size."""
+    monkeypatch.setattr(ranking, "_FAST_FROM_ELEMENTS", 0 if request.param == "fast" else 10**12)
+    return request.param
 
 # ---------------------------------------------------------------------------------------------
 # Independent references: a full stable sort and a Python loop per query, as open-reid did it.

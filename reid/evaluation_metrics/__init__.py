@@ -8,14 +8,12 @@ from reid.evaluation_metrics.ranking import (
     format_results,
     mean_ap,
 )
-from reid.evaluation_metrics.streaming import evaluate_features_streaming
 
 __all__ = [
     "CMC_CONFIGS",
     "SINGLE_GALLERY_SHOT_DRAWS",
     "accuracy",
     "cmc",
-    "evaluate_features_streaming",
     "evaluate_rank",
     "format_results",
     "mean_ap",

@@ -8,21 +8,19 @@ statistics and affine parameters. Normalised features keep squared distances bel
 offset max(bar + 1 - d_k, 0) that keeps the re-scored items in front is non-zero for many
 queries and both parts of the algorithm are compared.
 
-Ours: rerank_distances (unsorted top-k selection through group minima; the square head folded
-into one weighted squared distance per pair, expanded about the queries' mean, its cross terms
-from sampled matrix products over the pairs in gallery order), the same with compiled=True (the
-folded scores from one torch.compile kernel that reads each candidate once; its first call,
-which compiles, is timed apart), both again with overwrite=True as
-CascadeEvaluator.evaluate calls them (the result written into the first stage's matrix instead of
-a fresh one) and, for reference, its general batched path (any head). The release's algorithm, written out below: per
-query, argsort its row, score the top-k with the head on (query repeated, candidates),
-softmax[:, 0] replaces them, and the rest of the row gets the offset.
+Ours: rerank_distances as CascadeEvaluator.evaluate calls it (overwrite=True: the result
+written into the first stage's matrix) and returning a fresh matrix; both dispatch the square
+head's scores to reid.fast_rescoring.folded_scores. The plain form behind it: score_candidates
+running the head on every (query, candidate) pair, timed against the folded scores alone. The
+release's algorithm, written out below: per query, argsort its row, score the top-k with the head
+on (query repeated, candidates), softmax[:, 0] replaces them, and the rest of the row gets the
+offset.
 
 Equal first-stage distances across the k-th place make the top-k set ambiguous (np.argsort and
 torch.topk may keep different items); such queries are counted and left out of the max
 distance difference, since either choice is the algorithm's.
 
-Usage: python scripts/bench/bench_rerank.py [--quick] [--topk K] [--repeats N]
+Usage: python scripts/bench/bench_rerank.py [--quick] [--topk K] [--repeats N] [--threads N]
 """
 from __future__ import annotations
 
@@ -39,7 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 from reid.evaluation_metrics import evaluate_rank  # noqa: E402
-from reid.evaluators import pairwise_distance, rerank_distances  # noqa: E402
+from reid.evaluators import _smallest_k, pairwise_distance, rerank_distances, score_candidates  # noqa: E402
 from reid.models.embedding import EltwiseSubEmbed  # noqa: E402
 
 NUM_CAMS = 6
@@ -147,57 +145,37 @@ def main() -> int:
     print(f"problem: {qf.shape[0]} queries x {gf.shape[0]} gallery, {args.dim}-d, top-{args.topk}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    t_ours, c_ours, ours = timed(lambda: rerank_distances(distmat, qf, gf, head, rerank_topk=args.topk),
-                                 args.repeats)
-    start = time.perf_counter()
-    rerank_distances(distmat, qf, gf, head, rerank_topk=args.topk, compiled=True)
-    t_first_compiled = time.perf_counter() - start
-    t_compiled, c_compiled, compiled = timed(
-        lambda: rerank_distances(distmat, qf, gf, head, rerank_topk=args.topk, compiled=True), args.repeats)
-    # As CascadeEvaluator.evaluate calls it: the result written into the first stage's matrix
-    # (a fresh copy per run, made before the clock starts).
     t_over, c_over, over = timed(
         lambda d: rerank_distances(d, qf, gf, head, rerank_topk=args.topk, overwrite=True), args.repeats,
-        setup=distmat.clone)
-    t_over_c, c_over_c, over_c = timed(
-        lambda d: rerank_distances(d, qf, gf, head, rerank_topk=args.topk, compiled=True, overwrite=True),
-        args.repeats, setup=distmat.clone)
-    general_fn = lambda logits: F.softmax(logits, dim=1)[:, 0]  # noqa: E731  (not the default: general path)
-    t_general, c_general, general = timed(
-        lambda: rerank_distances(distmat, qf, gf, head, embed_dist_fn=general_fn, rerank_topk=args.topk), 1)
+        setup=distmat.clone)  # a fresh copy per run, made before the clock starts
+    t_fresh, c_fresh, fresh = timed(lambda: rerank_distances(distmat, qf, gf, head, rerank_topk=args.topk),
+                                    args.repeats)
+    top_idx, _ = _smallest_k(distmat, args.topk)
+    plain_fn = lambda logits: F.softmax(logits, dim=1)[:, 0]  # noqa: E731  (not the default: the plain form)
+    t_fold, c_fold, folded = timed(lambda: score_candidates(qf, gf, top_idx, head), args.repeats)
+    t_plain, c_plain, plain = timed(lambda: score_candidates(qf, gf, top_idx, head, plain_fn), 1)
     t_release, c_release, (release, offset_queries) = timed(
         lambda: release_rerank(distmat, qf, gf, head, args.topk), 1)
 
-    tied = boundary_ties(distmat, args.topk)
-    clear = ~tied
-
-    def max_diff(x: torch.Tensor) -> float:
-        return float((x[clear] - release[clear]).abs().max())
-
-    maps = {name: evaluate_rank(x, *labels)["mAP"]
-            for name, x in (("first", distmat), ("release", release), ("ours", ours), ("compiled", compiled),
-                            ("general", general))}
-    print(f"{offset_queries} of {qf.shape[0]} queries got a non-zero offset; {int(tied.sum())} have equal "
+    clear = ~boundary_ties(distmat, args.topk)
+    max_diff = float((over[clear] - release[clear]).abs().max())
+    maps = {name: evaluate_rank(x, *labels)["mAP"] for name, x in (("release", release), ("ours", over))}
+    print(f"{offset_queries} of {qf.shape[0]} queries got a non-zero offset; {int((~clear).sum())} have equal "
           f"distances across the k-th place (left out of the differences)")
-    print("wall s (CPU s): ratio to the release in wall (CPU) time")
-    print(f"release per-query loop:                      {t_release:7.3f} ({c_release:7.3f})")
-    for label, t, c in (("rerank_distances, square head folded (ours)", t_ours, c_ours),
-                        ("the same, compiled=True (ours)", t_compiled, c_compiled),
-                        ("eager, overwrite=True (the evaluator's call)", t_over, c_over),
-                        ("compiled=True, overwrite=True (the same)", t_over_c, c_over_c),
-                        ("rerank_distances, general batched path", t_general, c_general)):
-        print(f"{label + ':':45s}{t:7.3f} ({c:7.3f})  {t_release / t:5.1f}x ({c_release / c:5.1f}x)")
-    print(f"compiled=True, first call of the process (compiles): {t_first_compiled:.2f} s")
-    print("target >= 10x for ours; ours (every variant) the best of "
-          f"{args.repeats} runs, the others single runs")
-    print(f"max |distance difference| vs release (target <= 1e-5): ours {max_diff(ours):.3e}, "
-          f"compiled {max_diff(compiled):.3e}, general {max_diff(general):.3e}; overwrite=True equals "
-          f"the fresh matrices: eager {torch.equal(over, ours)}, compiled {torch.equal(over_c, compiled)}")
-    print(f"mAP first stage {maps['first']:.6f}; second stage: release {maps['release']:.6f}, "
-          f"ours {maps['ours']:.6f}, compiled {maps['compiled']:.6f}, general {maps['general']:.6f}")
-    worst = max(abs(maps[n] - maps["release"]) for n in ("ours", "compiled", "general"))
-    print(f"max |mAP diff| vs release {worst:.3e}")
-    return 0
+    print("wall s (CPU s); ratio in wall (CPU) time")
+    print(f"release per-query loop:                          {t_release:7.3f} ({c_release:7.3f})")
+    for label, t, c in (("ours, as the evaluator calls it (overwrite=True)", t_over, c_over),
+                        ("ours, returning a fresh matrix", t_fresh, c_fresh)):
+        print(f"{label + ':':50s}{t:7.3f} ({c:7.3f})  release / ours {t_release / t:5.1f}x "
+              f"({c_release / c:5.1f}x)")
+    print(f"scores alone: plain form (the head on every pair) {t_plain:.3f} s, folded form {t_fold:.3f} s: "
+          f"plain / folded {t_plain / t_fold:.1f}x; max |score diff| {float((plain - folded).abs().max()):.1e}")
+    print(f"max |distance diff| vs release {max_diff:.1e}; fresh equals overwrite: {torch.equal(fresh, over)}")
+    print(f"mAP first stage {evaluate_rank(distmat, *labels)['mAP']:.6f}; second stage: release "
+          f"{maps['release']:.6f}, ours {maps['ours']:.6f}")
+    ok = max_diff <= 1e-5 and abs(maps["ours"] - maps["release"]) <= 1e-6 and torch.equal(fresh, over)
+    print("numbers equal (distances within 1e-5, mAP within 1e-6): " + ("yes" if ok else "NO"))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
