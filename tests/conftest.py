@@ -6,6 +6,7 @@ copy it (shutil.copytree) before changing anything in it. Its size is set by the
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -21,7 +22,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO_ROOT  # noqa: E402
+
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
@@ -37,12 +39,24 @@ SYNTHETIC_SEED = 0
 
 @pytest.fixture(autouse=True)
 def _detach_cli_logging():
-    """A CLI run in-process installs a console handler on pytest's captured stderr; detach it
-    after the test, before that stream is closed and a later record is written to it."""
+    """A CLI run in-process installs a console handler on pytest's captured stderr and sets the
+    root logger's level; detach the handler after the test, before that stream is closed and a
+    later record is written to it, and restore the level."""
+    level = logging.getLogger().level
     yield
     from reid.utils.logging import remove_logging_handlers
 
     remove_logging_handlers()
+    logging.getLogger().setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread():
+    """Every test starts with one intra-op thread, whatever an earlier test set."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
