@@ -271,6 +271,7 @@ def one_error_line(err: str) -> str:
     return lines[0][len("error: "):]
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_in_stage1(data: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     logs = data / "logs"
     ckpt = logs / "checkpoint.pth.tar"
@@ -292,6 +293,7 @@ def test_disk_full_while_saving_in_stage1(data: Path, capsys, monkeypatch: pytes
     assert leftovers(logs) == []
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_in_stage2(data: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = data / "ck" / "run"
     latest = folder / "latest.pth"
@@ -344,6 +346,7 @@ def assert_all_atomic(root: Path, log: ReplaceLog, expect: List[str]) -> None:
         assert any(re.fullmatch(pattern, r) for r in rel), (pattern, sorted(rel))
 
 
+@pytest.mark.slow
 def test_stage1_run_and_evaluation_write_atomically(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = ReplaceLog(monkeypatch)
     logs = data / "logs"
@@ -354,6 +357,7 @@ def test_stage1_run_and_evaluation_write_atomically(data: Path, monkeypatch: pyt
                                   r"evaluate_results\.json", r"log\.txt", r"log_test\.txt"])
 
 
+@pytest.mark.slow
 def test_stage2_run_with_html_gallery_writes_atomically(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = ReplaceLog(monkeypatch)
     assert train.main(train_argv(data, data / "ck", "--niter-decay", "0", "--save-step", "1", "--display-freq", "4",

@@ -27,6 +27,7 @@ from PIL import Image
 import baseline
 import train
 from conftest import REPO_ROOT
+from helpers import timeout
 from fdgan.networks import NLayerDiscriminator
 from reid.pipelines.common import build_siamese
 from reid.utils.data.preprocessor import Preprocessor
@@ -233,6 +234,7 @@ def test_truncated_image(data: Path, capsys) -> None:
     assert "truncated" in m.group(2)
 
 
+@pytest.mark.slow
 def test_odd_but_valid_inputs_train_and_evaluate(data: Path, capsys) -> None:
     """An identity with a single image, and grayscale, CMYK and PNG images, in a full run: one whole
     epoch (every training image is an anchor once), validation and the test of every query."""
@@ -291,6 +293,7 @@ GOOD_POSE = "".join(f"{10 + i} {5 + i % 10}\n" for i in range(18))
     (GOOD_POSE.replace("12 7\n", "12 7 9\n"), "line 3 should hold two numbers 'row col', got '12 7 9'"),
     ("nan 5\n" + GOOD_POSE.split("\n", 1)[1], "line 1 holds a NaN or infinite coordinate"),
 ], ids=["line-count", "not-a-number", "three-numbers", "nan"])
+@pytest.mark.slow
 def test_bad_pose_file(data: Path, capsys, text: str, message: str) -> None:
     poses = _rewrite_poses(data, text)
     msg = cli_error(train.main, train_argv(data, data / "ck"), capsys)
@@ -298,6 +301,7 @@ def test_bad_pose_file(data: Path, capsys, text: str, message: str) -> None:
     assert not (data / "ck" / "run" / "latest.pth").exists()
 
 
+@pytest.mark.slow
 def test_out_of_image_keypoints_are_dropped_and_no_visdom_server_is_a_warning(
     data: Path, capsys, synthetic_root: str,
 ) -> None:
@@ -487,6 +491,7 @@ def test_crafted_checkpoints_are_refused_without_running_code(tmp_path: Path) ->
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_through_both_clis(data: Path, capsys) -> None:
     marker = data / "MARKER"
     evil = _evil_files(data, marker)["torch-zip"]
@@ -501,7 +506,7 @@ def test_crafted_checkpoint_through_both_clis(data: Path, capsys) -> None:
     # The real command line in a fresh interpreter: exit 2, the same single line on stderr.
     proc = subprocess.run([sys.executable, "baseline.py", *base_argv(data, data / "logs", "--evaluate", "--resume",
                                                                       str(evil))],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout(300),
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr
@@ -510,6 +515,7 @@ def test_crafted_checkpoint_through_both_clis(data: Path, capsys) -> None:
 
 
 # --------------------------------------------------------------------------- training that diverges
+@pytest.mark.slow
 def test_nan_loss_in_stage1_stops_and_keeps_the_last_good_checkpoint(data: Path, capsys) -> None:
     logs = data / "logs"
     cli_ok(baseline.main, base_argv(data, logs), capsys)
@@ -524,6 +530,7 @@ def test_nan_loss_in_stage1_stops_and_keeps_the_last_good_checkpoint(data: Path,
     assert [p.name for p in logs.iterdir() if p.name.endswith(".tmp")] == []
 
 
+@pytest.mark.slow
 def test_nan_loss_in_stage2_stops_and_keeps_the_last_good_checkpoint(
     data: Path, capsys, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -9,9 +9,12 @@ import pytest
 import torch
 
 import baseline
+from helpers import timeout
 from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
 from reid.pipelines.common import build_siamese, evaluate_on_test
 from reid.utils.serialization import load_checkpoint
+
+pytestmark = pytest.mark.slow
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = ["-d", "synthetic", "-a", "resnet18", "--no-pretrained", "--height", "64", "--width", "32",
@@ -70,7 +73,7 @@ def test_evaluate_with_compiled_rescoring_gives_the_saved_metrics(data_dir, trai
     proc = subprocess.run([sys.executable, "baseline.py", *COMMON, "--data-dir", str(data_dir), "--logs-dir",
                            str(trained), "--evaluate", "--resume", str(trained / "model_best.pth.tar"),
                            "--rerank-topk", "75", "--compile-rescoring"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout(600))
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = [line for line in proc.stderr.splitlines()
             if "compiled re-scoring unavailable" in line or "compiled re-scoring kernel checked" in line]

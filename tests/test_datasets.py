@@ -348,6 +348,7 @@ near_split = st.fixed_dictionaries(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(json_values, near_meta))
+@pytest.mark.slow
 def test_parse_meta_total(obj: Any) -> None:
     try:
         meta = parse_meta(obj, "meta.json")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import timeout
 from reid import compiled_rescoring, evaluators
 from reid.evaluation_metrics import evaluate_rank
 from reid.evaluators import (CascadeEvaluator, _folded_scores, _folded_scores_sparse, _smallest_k, _smallest_values,
@@ -106,6 +107,7 @@ def check_compiled_against_loop() -> None:
     print("compiled" if compiled else "eager")
 
 
+@pytest.mark.slow
 def test_compiled_second_stage_matches_per_query_loop():
     # In a fresh process: a native crash of the compiler or of its kernel fails this test, not
     # the test run. The child checks the scores; here, that it said which path scored, and that
@@ -113,7 +115,7 @@ def test_compiled_second_stage_matches_per_query_loop():
     code = ("import logging, sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; logging.basicConfig(level=logging.INFO); "
             "import test_evaluators; test_evaluators.check_compiled_against_loop()")
     proc = subprocess.run([sys.executable, "-c", code, REPO_ROOT, TESTS_DIR], capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                          timeout=timeout(600), env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [line for line in proc.stderr.splitlines() if "compiled re-scoring unavailable" in line]
     checked = [line for line in proc.stderr.splitlines() if "compiled re-scoring kernel checked" in line]
@@ -170,6 +172,7 @@ def test_a_crashing_test_compilation_leaves_this_process_scoring_eagerly(monkeyp
         f"compiled re-scoring unavailable ({reason}); scoring without compilation"]
 
 
+@pytest.mark.slow
 def test_the_test_compilation_reports_its_error_in_one_line():
     # The real child, asked for a device torch does not know: its error, first line only.
     failure = compiled_rescoring.probe_compilation("nodevice", 1)

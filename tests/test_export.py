@@ -95,6 +95,7 @@ def test_onnx_matches_eager_with_dynamic_batch(tmp_path, backbone, batch):
     assert os.listdir(tmp_path) == ["reid.onnx"]
 
 
+@pytest.mark.slow
 def test_exported_program_matches_eager_with_dynamic_batch(tmp_path, backbone, batch):
     path = tmp_path / "reid.pt2"
     assert export_program(backbone, path, height=H, width=W, trace_batch_size=2) <= 1e-4
@@ -144,6 +145,7 @@ def _load_script():
     return module
 
 
+@pytest.mark.slow
 def test_script_exports_a_net_e_checkpoint(tmp_path, batch, capsys):
     torch.manual_seed(2)
     net = _with_statistics(build_siamese("resnet18", pretrained=False), seed=3)

@@ -132,6 +132,7 @@ def test_bad_inputs_raise_dataset_error(tmp_path, backbone):
     assert extractor([]).shape == (0, 512)
 
 
+@pytest.mark.slow
 def test_checkpoint_forms_load(tmp_path, arrays):
     torch.manual_seed(3)
     net = build_siamese("resnet18", pretrained=False)

@@ -39,6 +39,7 @@ from reid.pipelines.common import build_siamese
 from reid.utils.data.pose import read_pose_file
 from reid.utils.data.preprocessor import generate_pose_map
 from reid.utils.data.transforms import build_test_transform
+from helpers import timeout
 from tests.browser import is_blank, screenshot
 from tests.conftest import REPO_ROOT
 
@@ -355,6 +356,7 @@ def page_refs(page: Path) -> List[str]:
     return [unquote(v) for _, v in parser.refs]
 
 
+@pytest.mark.slow
 def test_run_generation_outputs(tmp_path: Path, nets, synthetic_root: str) -> None:
     files = dataset_files(synthetic_root, 4)
     # A source whose name holds markup: it must appear escaped in the page.
@@ -407,13 +409,14 @@ def test_run_generation_bad_input(tmp_path: Path, nets, synthetic_root: str) -> 
                        num_noise=0)
 
 
+@pytest.mark.slow
 def test_cli(tmp_path: Path, nets, synthetic_root: str, capsys: pytest.CaptureFixture) -> None:
     files = dataset_files(synthetic_root, 3)
     out_dir = tmp_path / "cli"
     cmd = [sys.executable, SCRIPT, "--netE", str(nets["E_path"]), "--netG", str(nets["G_path"]),
            "--sources", files[0], "--poses", files[1], files[2], "--dataset-dir", synthetic_root,
            "--num-noise", "3", "--seed", "2", "--output", str(out_dir), "--device", "cpu"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout(300))
     assert done.returncode == 0, done.stderr
     pngs = sorted(p.name for p in (out_dir / "images").glob("gen_*.png"))
     assert len(pngs) == 1 * 2 * 3

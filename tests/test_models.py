@@ -9,7 +9,6 @@ from collections import OrderedDict
 import pytest
 import torch
 import torchvision
-from torch import nn
 
 from helpers import assert_matches_release_keys, shapes_of
 from reid import models

@@ -57,6 +57,7 @@ CHUNKS = [(1, 7), (2, 3), (3, 256), (7, 2), (50, 5), (1000, 1000)]
 
 
 @pytest.mark.parametrize("seed", range(4))
+@pytest.mark.slow
 def test_equals_evaluate_rank_near_continuous(seed):
     """Fine dyadic grid: few ties, many matches per query (more than small chunk sizes)."""
     problem = make_problem(seed, num_query=40, num_gallery=400, dim=32, num_ids=12, num_cams=3,
@@ -73,6 +74,7 @@ def test_equals_evaluate_rank_near_continuous(seed):
 
 
 @pytest.mark.parametrize("seed", range(4))
+@pytest.mark.slow
 def test_equals_evaluate_rank_with_many_ties(seed):
     """Integer features in 2-3 dimensions plus duplicated gallery rows: ties everywhere."""
     qf, gf, qids, gids, qcams, gcams = make_problem(seed, num_query=30, num_gallery=200, dim=2 + seed % 2,

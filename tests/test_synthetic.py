@@ -257,6 +257,7 @@ def colour_histogram(img: np.ndarray, bins: int = 4) -> np.ndarray:
     return hist / hist.sum()
 
 
+@pytest.mark.slow
 def test_colour_histogram_nearest_neighbour_is_above_chance_below_perfect() -> None:
     # 60 identities (30 test + 3 distractors), 4 cameras, 128 x 64: the default settings, fewer ids.
     cfg = sr.SyntheticConfig(num_ids=60, seed=0)

@@ -18,6 +18,8 @@ from reid.utils.serialization import load_checkpoint, load_weights
 from tests.browser import img_srcs, is_blank, screenshot
 from tests.test_visualizer import start_visdom, stop, visdom_reader
 
+pytestmark = pytest.mark.slow
+
 TINY = ["-d", "synthetic", "--arch", "resnet18", "--height", "64", "--width", "32", "-b", "8", "-j", "0",
         "--pose-feature-size", "16", "--noise-feature-size", "16", "--device", "cpu", "--no-progress",
         "--pose-aug", "gauss", "--smooth-label", "--lambda-recon", "100", "--lambda-sp", "10"]
