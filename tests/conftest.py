@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 
 import pytest
@@ -22,7 +23,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from helpers import REPO_ROOT  # noqa: E402
+from helpers import REPO_ROOT, render_synthetic  # noqa: E402
 
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
@@ -62,12 +63,16 @@ def _one_intra_op_thread():
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Folder of a tiny synthetic dataset (see the constants above), built once per session."""
-    from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("synthetic_data") / "synthetic"
-    config = SyntheticConfig(
-        num_ids=SYNTHETIC_NUM_IDS, num_cams=SYNTHETIC_NUM_CAMS, images_per_cam=SYNTHETIC_IMAGES_PER_CAM,
-        height=SYNTHETIC_HEIGHT, width=SYNTHETIC_WIDTH, seed=SYNTHETIC_SEED,
+    parent = render_synthetic(
+        tmp_path_factory.mktemp("synthetic_data"), num_ids=SYNTHETIC_NUM_IDS, seed=SYNTHETIC_SEED,
+        num_cams=SYNTHETIC_NUM_CAMS, images_per_cam=SYNTHETIC_IMAGES_PER_CAM, height=SYNTHETIC_HEIGHT,
+        width=SYNTHETIC_WIDTH,
     )
-    generate_synthetic_dataset(root, config)
-    return str(root)
+    return str(parent / "synthetic")
+
+
+@pytest.fixture
+def data(tmp_path, synthetic_root: str):
+    """A private copy of the session's synthetic dataset: ``<data>/synthetic``; returns ``<data>``."""
+    shutil.copytree(synthetic_root, tmp_path / "data" / "synthetic")
+    return tmp_path / "data"

@@ -13,7 +13,7 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple, Union
 
 import torch
 from torch import nn
@@ -79,3 +79,39 @@ def with_bn_statistics(model: nn.Module, seed: int, weights: bool = False) -> nn
             if weights:
                 m.weight.data.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
     return model.eval()
+
+
+def tiny_baseline_argv(data: Any, logs: Any, *extra: str) -> List[str]:
+    """``baseline.py`` flags of a one-epoch, one-iteration ResNet-18 run on ``<data>/synthetic``;
+    ``extra`` comes last, so it overrides."""
+    return ["-d", "synthetic", "-a", "resnet18", "--no-pretrained", "--height", "64", "--width", "32", "-b", "4",
+            "-j", "0", "--device", "cpu", "--no-progress", "--epochs", "1", "--max-iters-per-epoch", "1",
+            "--augment", "none", "--rerank-topk", "5", "--data-dir", str(data), "--logs-dir", str(logs), *extra]
+
+
+def tiny_train_argv(data: Any, checkpoints: Any, *extra: str, stage1: bool = True) -> List[str]:
+    """``train.py`` flags of a one-iteration-per-epoch ResNet-18 run named ``run`` on
+    ``<data>/synthetic`` (``--stage 1`` with a random encoder unless ``stage1`` is false); ``extra``
+    comes last, so it overrides."""
+    head = ["--stage", "1", "--no-pretrained"] if stage1 else []
+    return [*head, "-d", "synthetic", "--dataroot", str(data), "--checkpoints", str(checkpoints), "--name", "run",
+            "--arch", "resnet18", "--height", "64", "--width", "32", "-b", "4", "-j", "0", "--niter", "1",
+            "--max-iters-per-epoch", "1", "--display-id", "0", "--no-progress", "--device", "cpu", *extra]
+
+
+def one_error_line(err: str) -> str:
+    """The message of the single ``error: <message>`` line of a CLI's stderr (no traceback)."""
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, err[-2000:]
+    return lines[0][len("error: "):]
+
+
+def render_synthetic(parent: Union[str, Path], num_ids: int, seed: int, num_cams: int = 3, images_per_cam: int = 3,
+                     height: int = 64, width: int = 32) -> Path:
+    """Render a synthetic dataset into ``<parent>/synthetic``; returns ``parent``."""
+    from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
+
+    generate_synthetic_dataset(Path(parent) / "synthetic", SyntheticConfig(
+        num_ids=num_ids, num_cams=num_cams, images_per_cam=images_per_cam, height=height, width=width, seed=seed))
+    return Path(parent)

@@ -22,7 +22,6 @@ import io
 import json
 import os
 import re
-import shutil
 import stat
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set, Tuple
@@ -35,20 +34,13 @@ from PIL import Image
 import baseline
 import train
 from conftest import REPO_ROOT
+from helpers import one_error_line, tiny_baseline_argv, tiny_train_argv
 from reid.errors import WriteError
 from reid.utils.osutils import atomic_path, atomic_write, atomic_write_text, write_json
 from reid.utils.serialization import load_checkpoint, save_checkpoint
 
 LOG_FILES = {"log.txt", "log_test.txt", "train_log.txt", "loss_log.txt", "reid_log.txt"}
 TMP_RE = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def leftovers(folder: Path) -> List[str]:
@@ -244,31 +236,12 @@ def test_disk_full_in_an_export_is_a_clear_error(tmp_path: Path, monkeypatch: py
 
 
 # --------------------------------------------------------------------------- disk full in real runs
-@pytest.fixture
-def data(tmp_path: Path, synthetic_root: str) -> Path:
-    shutil.copytree(synthetic_root, tmp_path / "data" / "synthetic")
-    return tmp_path / "data"
-
-
 def baseline_argv(data: Path, logs: Path, *extra: str) -> List[str]:
-    return ["-d", "synthetic", "-a", "resnet18", "--no-pretrained", "--height", "64", "--width", "32", "-b", "4",
-            "-j", "0", "--device", "cpu", "--no-progress", "--epochs", "2", "--eval-step", "1",
-            "--max-iters-per-epoch", "1", "--augment", "none", "--rerank-topk", "5", "--data-dir", str(data),
-            "--logs-dir", str(logs), *extra]
+    return tiny_baseline_argv(data, logs, "--epochs", "2", "--eval-step", "1", *extra)
 
 
 def train_argv(data: Path, checkpoints: Path, *extra: str) -> List[str]:
-    return ["--stage", "1", "--no-pretrained", "-d", "synthetic", "--dataroot", str(data), "--checkpoints",
-            str(checkpoints), "--name", "run", "--arch", "resnet18", "--height", "64", "--width", "32", "-b", "4",
-            "-j", "0", "--niter", "1", "--niter-decay", "1", "--max-iters-per-epoch", "1", "--display-id", "0",
-            "--no-progress", "--device", "cpu", *extra]
-
-
-def one_error_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, err[-2000:]
-    return lines[0][len("error: "):]
+    return tiny_train_argv(data, checkpoints, "--niter-decay", "1", *extra)
 
 
 @pytest.mark.slow

@@ -27,8 +27,9 @@ from PIL import Image
 import baseline
 import train
 from conftest import REPO_ROOT
-from helpers import timeout
 from fdgan.networks import NLayerDiscriminator
+from helpers import one_error_line, timeout, tiny_train_argv
+from helpers import tiny_baseline_argv as base_argv
 from reid.pipelines.common import build_siamese
 from reid.utils.data.preprocessor import Preprocessor
 from reid.utils.serialization import load_checkpoint
@@ -36,36 +37,9 @@ from reid.visualization import write_rank_page
 
 
 # --------------------------------------------------------------------------- harness
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread (much faster on a shared two-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def data(tmp_path: Path, synthetic_root: str) -> Path:
-    """A private copy of the synthetic dataset: ``<data>/synthetic``; returns ``<data>``."""
-    shutil.copytree(synthetic_root, tmp_path / "data" / "synthetic")
-    return tmp_path / "data"
-
-
-def base_argv(data: Path, logs: Path, *extra: str) -> List[str]:
-    """baseline.py: a tiny, quick run."""
-    return ["-d", "synthetic", "-a", "resnet18", "--no-pretrained", "--height", "64", "--width", "32", "-b", "4",
-            "-j", "0", "--device", "cpu", "--no-progress", "--epochs", "1", "--max-iters-per-epoch", "1",
-            "--augment", "none", "--rerank-topk", "5", "--data-dir", str(data), "--logs-dir", str(logs), *extra]
-
-
 def train_argv(data: Path, checkpoints: Path, *extra: str, stage1: bool = True) -> List[str]:
     """train.py --stage 1 with a random encoder: a tiny, quick run."""
-    head = ["--stage", "1", "--no-pretrained"] if stage1 else []
-    return [*head, "-d", "synthetic", "--dataroot", str(data), "--checkpoints", str(checkpoints), "--name", "run",
-            "--arch", "resnet18", "--height", "64", "--width", "32", "-b", "4", "-j", "0", "--niter", "1",
-            "--niter-decay", "0", "--max-iters-per-epoch", "1", "--save-step", "10", "--display-id", "0",
-            "--no-progress", "--device", "cpu", *extra]
+    return tiny_train_argv(data, checkpoints, "--niter-decay", "0", "--save-step", "10", *extra, stage1=stage1)
 
 
 def cli_error(main: Callable[[List[str]], int], argv: List[str], capsys: pytest.CaptureFixture) -> str:
@@ -73,10 +47,7 @@ def cli_error(main: Callable[[List[str]], int], argv: List[str], capsys: pytest.
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2, err[-2000:]
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, err[-2000:]
-    return lines[0][len("error: "):]
+    return one_error_line(err)
 
 
 def cli_ok(main: Callable[[List[str]], int], argv: List[str], capsys: pytest.CaptureFixture) -> str:

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import baseline
-from helpers import timeout
-from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
+from helpers import render_synthetic, timeout
 from reid.pipelines.common import build_siamese, evaluate_on_test
 from reid.utils.serialization import load_checkpoint
 
@@ -24,10 +23,7 @@ COMMON = ["-d", "synthetic", "-a", "resnet18", "--no-pretrained", "--height", "6
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stage1")
-    generate_synthetic_dataset(root / "synthetic", SyntheticConfig(num_ids=40, num_cams=3, images_per_cam=3,
-                                                                   height=64, width=32, seed=3))
-    return root
+    return render_synthetic(tmp_path_factory.mktemp("stage1"), num_ids=40, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import tarfile
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import load_json, load_script
 from reid.datasets import CUHK03, DukeMTMC, Market1501, converters
 from reid.datasets.converters import convert_cuhk03, convert_dukemtmc, convert_generic, convert_market1501
 from reid.errors import DatasetError
@@ -70,11 +70,6 @@ def write_tree(root: str, contents: Dict[str, bytes]) -> str:
         with open(path, "wb") as f:
             f.write(data)
     return root
-
-
-def load_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
 
 
 def n(pid: int, cam: int, i: int) -> str:
@@ -303,22 +298,7 @@ def test_generic_folder_with_custom_names(tmp_path: Any) -> None:
 
 
 def test_prepare_dataset_cli(tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "prepare_dataset", os.path.join(os.path.dirname(__file__), "..", "scripts", "prepare_dataset.py"))
-    assert spec is not None and spec.loader is not None
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    root_logger = logging.getLogger()
-    handlers, level = list(root_logger.handlers), root_logger.level
-    try:
-        _run_cli(cli, tmp_path, capsys)
-    finally:  # main() installs console handlers on capsys's stream; remove them
-        for h in list(root_logger.handlers):
-            if h not in handlers:
-                root_logger.removeHandler(h)
-        root_logger.setLevel(level)
+    _run_cli(load_script("prepare_dataset"), tmp_path, capsys)
 
 
 def _run_cli(cli: Any, tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
