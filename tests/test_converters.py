@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from helpers import load_json, load_script
-from reid.datasets import CUHK03, DukeMTMC, Market1501, converters
-from reid.datasets.converters import convert_cuhk03, convert_dukemtmc, convert_generic, convert_market1501
+from reid.datasets import CUHK03, DukeMTMC, Market1501
+from reid.datasets.converters import convert_cuhk03, convert_dukemtmc, convert_generic, convert_market1501, writing
+from reid.datasets.converters import cuhk03 as cuhk03_converter
 from reid.errors import DatasetError
 
 # (folder, original file name) of a fake Market-1501 download, as listed in the archive.
@@ -148,7 +149,7 @@ def test_market_resumes_after_interruption(tmp_path: Any, monkeypatch: pytest.Mo
     contents = market_contents()
     src = write_zip(str(tmp_path / "m.zip"), contents)
     dst = str(tmp_path / "market1501")
-    real = converters._to_jpeg
+    real = writing.to_jpeg
     calls = {"n": 0}
 
     def interrupted(data: bytes, what: str) -> bytes:
@@ -157,21 +158,21 @@ def test_market_resumes_after_interruption(tmp_path: Any, monkeypatch: pytest.Mo
             raise KeyboardInterrupt
         return real(data, what)
 
-    monkeypatch.setattr(converters, "_to_jpeg", interrupted)
+    monkeypatch.setattr(writing, "to_jpeg", interrupted)
     with pytest.raises(KeyboardInterrupt):
         convert_market1501(src, dst)
     assert not os.path.exists(dst)
     partial_images = os.listdir(os.path.join(dst + ".partial", "images"))
     assert len([f for f in partial_images if f.endswith(".jpg")]) == 5
-    monkeypatch.setattr(converters, "_to_jpeg", real)
+    monkeypatch.setattr(writing, "to_jpeg", real)
     written: List[str] = []
-    real_atomic = converters.atomic_write
+    real_atomic = writing.atomic_write
 
     def counting(path: Any, mode: str = "wb") -> Any:
         written.append(os.path.basename(str(path)))
         return real_atomic(path, mode)
 
-    monkeypatch.setattr(converters, "atomic_write", counting)
+    monkeypatch.setattr(writing, "atomic_write", counting)
     convert_market1501(src, dst)
     assert len([w for w in written if w.endswith(".jpg")]) == 14 - 5  # only the missing ones
     check_market_output(dst, contents)
@@ -469,7 +470,7 @@ def test_cuhk03_resumes_after_interruption(tmp_path: Any, monkeypatch: pytest.Mo
     with open(mat, "rb") as f:
         src = write_zip(str(tmp_path / "cuhk03_release.zip"), {"cuhk03_release/cuhk-03.mat": f.read()})
     dst = str(tmp_path / "cuhk03")
-    real = converters._encode_array
+    real = cuhk03_converter._encode_array
     calls = {"n": 0}
 
     def interrupted(arr: np.ndarray, what: str) -> bytes:
@@ -478,11 +479,11 @@ def test_cuhk03_resumes_after_interruption(tmp_path: Any, monkeypatch: pytest.Mo
             raise KeyboardInterrupt
         return real(arr, what)
 
-    monkeypatch.setattr(converters, "_encode_array", interrupted)
+    monkeypatch.setattr(cuhk03_converter, "_encode_array", interrupted)
     with pytest.raises(KeyboardInterrupt):
         convert_cuhk03(src, dst)
     assert len(os.listdir(os.path.join(dst + ".partial", "images"))) == 10
-    monkeypatch.setattr(converters, "_encode_array", real)
+    monkeypatch.setattr(cuhk03_converter, "_encode_array", real)
     calls["n"] = 0
     caplog.clear()  # only the second run's messages (an earlier CLI test may have set the root level to INFO)
     with caplog.at_level(logging.INFO, logger="reid.datasets.converters"):
