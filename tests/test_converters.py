@@ -6,7 +6,7 @@ import logging
 import os
 import tarfile
 import zipfile
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import h5py
 import numpy as np
@@ -71,6 +71,21 @@ def write_tree(root: str, contents: Dict[str, bytes]) -> str:
         with open(path, "wb") as f:
             f.write(data)
     return root
+
+
+def interrupt_at_call(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, call: int) -> Callable[..., Any]:
+    """Make ``module.name`` raise KeyboardInterrupt on its ``call``-th call; returns the real function."""
+    real = getattr(module, name)
+    calls = {"n": 0}
+
+    def interrupted(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(module, name, interrupted)
+    return real
 
 
 def n(pid: int, cam: int, i: int) -> str:
@@ -149,16 +164,7 @@ def test_market_resumes_after_interruption(tmp_path: Any, monkeypatch: pytest.Mo
     contents = market_contents()
     src = write_zip(str(tmp_path / "m.zip"), contents)
     dst = str(tmp_path / "market1501")
-    real = writing.to_jpeg
-    calls = {"n": 0}
-
-    def interrupted(data: bytes, what: str) -> bytes:
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(data, what)
-
-    monkeypatch.setattr(writing, "to_jpeg", interrupted)
+    real = interrupt_at_call(monkeypatch, writing, "to_jpeg", 6)
     with pytest.raises(KeyboardInterrupt):
         convert_market1501(src, dst)
     assert not os.path.exists(dst)
@@ -470,21 +476,11 @@ def test_cuhk03_resumes_after_interruption(tmp_path: Any, monkeypatch: pytest.Mo
     with open(mat, "rb") as f:
         src = write_zip(str(tmp_path / "cuhk03_release.zip"), {"cuhk03_release/cuhk-03.mat": f.read()})
     dst = str(tmp_path / "cuhk03")
-    real = cuhk03_converter._encode_array
-    calls = {"n": 0}
-
-    def interrupted(arr: np.ndarray, what: str) -> bytes:
-        calls["n"] += 1
-        if calls["n"] == 11:
-            raise KeyboardInterrupt
-        return real(arr, what)
-
-    monkeypatch.setattr(cuhk03_converter, "_encode_array", interrupted)
+    real = interrupt_at_call(monkeypatch, cuhk03_converter, "_encode_array", 11)
     with pytest.raises(KeyboardInterrupt):
         convert_cuhk03(src, dst)
     assert len(os.listdir(os.path.join(dst + ".partial", "images"))) == 10
     monkeypatch.setattr(cuhk03_converter, "_encode_array", real)
-    calls["n"] = 0
     caplog.clear()  # only the second run's messages (an earlier CLI test may have set the root level to INFO)
     with caplog.at_level(logging.INFO, logger="reid.datasets.converters"):
         convert_cuhk03(src, dst)

@@ -319,6 +319,7 @@ def test_synthetic_fixture_loads(synthetic_root: str) -> None:
 
 # ---- property tests of the pure parsers
 
+PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False) | st.text(max_size=4),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
@@ -346,9 +347,9 @@ near_split = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(json_values, near_meta))
 @pytest.mark.slow
+@PROPERTY_SETTINGS
+@given(st.one_of(json_values, near_meta))
 def test_parse_meta_total(obj: Any) -> None:
     try:
         meta = parse_meta(obj, "meta.json")
@@ -364,7 +365,7 @@ def test_parse_meta_total(obj: Any) -> None:
     assert meta["identities"] == obj["identities"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@PROPERTY_SETTINGS
 @given(st.one_of(json_values, st.lists(near_split, max_size=3)))
 def test_parse_splits_total(obj: Any) -> None:
     try:
