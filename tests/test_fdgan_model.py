@@ -90,6 +90,7 @@ def test_stage1_initialisation_and_frozen_parts(stage1_file):
     assert errors["G_sp"] > 0
 
 
+@pytest.mark.slow
 def test_same_pose_loss_is_zero_without_positive_pairs(stage1_file):
     path, _ = stage1_file
     model = FDGANModel(stage=1, netE_pretrain=str(path), **TINY)

@@ -313,6 +313,7 @@ def test_generate_is_deterministic_per_seed(transfer: PoseTransfer, synthetic_ro
     assert np.abs(one[0, 0, 0].astype(int) - a[0, 0, 1].astype(int)).max() > 10
 
 
+@pytest.mark.slow
 def test_generate_add_fusion_skips_instance_norm(tmp_path: Path, nets, synthetic_root: str) -> None:
     fuse_mode, connect_layers, norm = "add", 2, "instance"
     g = make_generator(fuse_mode, connect_layers, norm, seed=5)

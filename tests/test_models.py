@@ -247,6 +247,7 @@ def test_siamese_net_with_resnet18_features() -> None:
 # --------------------------------------------------------------------------------- checkpoints
 
 
+@pytest.mark.slow
 def test_stage1_checkpoint_loads_and_wrong_head_is_reported(tmp_path) -> None:
     """baseline.py's form: {'state_dict': ...} with 'module.' keys, no num_batches_tracked."""
     torch.manual_seed(0)

@@ -162,6 +162,7 @@ def test_decoder_input_channels(connect_layers: int, table: list) -> None:
     assert [b[1].in_channels for b in blocks] == [64 * t for t in table]
 
 
+@pytest.mark.slow
 def test_skip_connections_run_at_every_depth() -> None:
     torch.manual_seed(0)
     for c in range(6):

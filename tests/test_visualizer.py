@@ -255,6 +255,7 @@ def test_label_file_names_round_trip() -> None:
     assert image_filename(1234, "fake") == "epoch1234_fake.png"
 
 
+@pytest.mark.slow
 def test_html_gallery_lists_epochs_newest_first_after_resume_and_renders(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     first_run = Visualizer(name="exp", checkpoints_dir=str(ckpt), display_id=0, display_winsize=96)
