@@ -1,7 +1,7 @@
 """Generator, pose discriminator and training helpers of FD-GAN (spec sections 3 and 5).
 
 Attribute names and ``nn.Sequential`` positions give the state-dict keys of the release's
-checkpoints (``/work/shared/spec/state_dict_keys.json``), so they must not change.
+checkpoints (the release's key names, ``tests/data/state_dict_keys.json``), so they must not change.
 """
 from __future__ import annotations
 

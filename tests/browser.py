@@ -15,6 +15,8 @@ from typing import Union
 
 from PIL import Image
 
+from helpers import timeout as scaled_timeout
+
 CHROMIUM = "/usr/bin/chromium"
 
 PathLike = Union[str, os.PathLike]
@@ -29,7 +31,7 @@ def screenshot(
     png_path: PathLike,
     width: int = 1200,
     height: int = 900,
-    timeout: float = 60.0,
+    timeout: float | None = None,
 ) -> pathlib.Path:
     """Load a local HTML file in headless chromium and save a screenshot of the window.
 
@@ -38,11 +40,13 @@ def screenshot(
         png_path: where chromium writes the PNG screenshot.
         width: the window width in CSS pixels.
         height: the window height in CSS pixels.
-        timeout: seconds before the browser is killed and :class:`BrowserError` raised.
+        timeout: seconds before the browser is killed and :class:`BrowserError` raised (default
+            120, scaled by ``FDGAN_TEST_TIMEOUT_SCALE``).
 
     Returns:
         ``png_path`` as a Path.
     """
+    timeout = scaled_timeout(120) if timeout is None else timeout
     if not os.access(CHROMIUM, os.X_OK):
         raise BrowserError(
             f"headless chromium not found at {CHROMIUM}: install Debian's package "

@@ -6,7 +6,9 @@ copy it (shutil.copytree) before changing anything in it. Its size is set by the
 """
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import sys
 
 import pytest
@@ -21,7 +23,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO_ROOT, render_synthetic  # noqa: E402
+
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
@@ -37,23 +40,39 @@ SYNTHETIC_SEED = 0
 
 @pytest.fixture(autouse=True)
 def _detach_cli_logging():
-    """A CLI run in-process installs a console handler on pytest's captured stderr; detach it
-    after the test, before that stream is closed and a later record is written to it."""
+    """A CLI run in-process installs a console handler on pytest's captured stderr and sets the
+    root logger's level; detach the handler after the test, before that stream is closed and a
+    later record is written to it, and restore the level."""
+    level = logging.getLogger().level
     yield
     from reid.utils.logging import remove_logging_handlers
 
     remove_logging_handlers()
+    logging.getLogger().setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread():
+    """Every test starts with one intra-op thread, whatever an earlier test set."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Folder of a tiny synthetic dataset (see the constants above), built once per session."""
-    from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("synthetic_data") / "synthetic"
-    config = SyntheticConfig(
-        num_ids=SYNTHETIC_NUM_IDS, num_cams=SYNTHETIC_NUM_CAMS, images_per_cam=SYNTHETIC_IMAGES_PER_CAM,
-        height=SYNTHETIC_HEIGHT, width=SYNTHETIC_WIDTH, seed=SYNTHETIC_SEED,
+    parent = render_synthetic(
+        tmp_path_factory.mktemp("synthetic_data"), num_ids=SYNTHETIC_NUM_IDS, seed=SYNTHETIC_SEED,
+        num_cams=SYNTHETIC_NUM_CAMS, images_per_cam=SYNTHETIC_IMAGES_PER_CAM, height=SYNTHETIC_HEIGHT,
+        width=SYNTHETIC_WIDTH,
     )
-    generate_synthetic_dataset(root, config)
-    return str(root)
+    return str(parent / "synthetic")
+
+
+@pytest.fixture
+def data(tmp_path, synthetic_root: str):
+    """A private copy of the session's synthetic dataset: ``<data>/synthetic``; returns ``<data>``."""
+    shutil.copytree(synthetic_root, tmp_path / "data" / "synthetic")
+    return tmp_path / "data"

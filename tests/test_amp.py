@@ -98,6 +98,7 @@ def _stage2_losses(amp: bool, channels_last: bool) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_stage1_bf16_and_channels_last_losses():
     fp32 = _stage1_losses(amp=False, channels_last=False)
     assert all(abs(v - 0.6931) > 0.04 for v in fp32)  # not the trivial ln 2 of a near-zero head
@@ -107,6 +108,7 @@ def test_stage1_bf16_and_channels_last_losses():
     assert _stage1_losses(amp=False, channels_last=True, steps=1) == pytest.approx(fp32[:1], abs=LAYOUT_TOL)
 
 
+@pytest.mark.slow
 def test_stage2_bf16_and_channels_last_losses():
     fp32 = _stage2_losses(amp=False, channels_last=False)
     bf16 = _stage2_losses(amp=True, channels_last=False)

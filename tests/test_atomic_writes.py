@@ -22,7 +22,6 @@ import io
 import json
 import os
 import re
-import shutil
 import stat
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set, Tuple
@@ -35,20 +34,13 @@ from PIL import Image
 import baseline
 import train
 from conftest import REPO_ROOT
+from helpers import one_error_line, tiny_baseline_argv, tiny_train_argv
 from reid.errors import WriteError
 from reid.utils.osutils import atomic_path, atomic_write, atomic_write_text, write_json
 from reid.utils.serialization import load_checkpoint, save_checkpoint
 
 LOG_FILES = {"log.txt", "log_test.txt", "train_log.txt", "loss_log.txt", "reid_log.txt"}
 TMP_RE = re.compile(r"^\.(?P<name>.+)\.[^.]+\.tmp$")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def leftovers(folder: Path) -> List[str]:
@@ -244,33 +236,15 @@ def test_disk_full_in_an_export_is_a_clear_error(tmp_path: Path, monkeypatch: py
 
 
 # --------------------------------------------------------------------------- disk full in real runs
-@pytest.fixture
-def data(tmp_path: Path, synthetic_root: str) -> Path:
-    shutil.copytree(synthetic_root, tmp_path / "data" / "synthetic")
-    return tmp_path / "data"
-
-
 def baseline_argv(data: Path, logs: Path, *extra: str) -> List[str]:
-    return ["-d", "synthetic", "-a", "resnet18", "--no-pretrained", "--height", "64", "--width", "32", "-b", "4",
-            "-j", "0", "--device", "cpu", "--no-progress", "--epochs", "2", "--eval-step", "1",
-            "--max-iters-per-epoch", "1", "--augment", "none", "--rerank-topk", "5", "--data-dir", str(data),
-            "--logs-dir", str(logs), *extra]
+    return tiny_baseline_argv(data, logs, "--epochs", "2", "--eval-step", "1", *extra)
 
 
 def train_argv(data: Path, checkpoints: Path, *extra: str) -> List[str]:
-    return ["--stage", "1", "--no-pretrained", "-d", "synthetic", "--dataroot", str(data), "--checkpoints",
-            str(checkpoints), "--name", "run", "--arch", "resnet18", "--height", "64", "--width", "32", "-b", "4",
-            "-j", "0", "--niter", "1", "--niter-decay", "1", "--max-iters-per-epoch", "1", "--display-id", "0",
-            "--no-progress", "--device", "cpu", *extra]
+    return tiny_train_argv(data, checkpoints, "--niter-decay", "1", *extra)
 
 
-def one_error_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, err[-2000:]
-    return lines[0][len("error: "):]
-
-
+@pytest.mark.slow
 def test_disk_full_while_saving_in_stage1(data: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     logs = data / "logs"
     ckpt = logs / "checkpoint.pth.tar"
@@ -292,6 +266,7 @@ def test_disk_full_while_saving_in_stage1(data: Path, capsys, monkeypatch: pytes
     assert leftovers(logs) == []
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_in_stage2(data: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = data / "ck" / "run"
     latest = folder / "latest.pth"
@@ -344,6 +319,7 @@ def assert_all_atomic(root: Path, log: ReplaceLog, expect: List[str]) -> None:
         assert any(re.fullmatch(pattern, r) for r in rel), (pattern, sorted(rel))
 
 
+@pytest.mark.slow
 def test_stage1_run_and_evaluation_write_atomically(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = ReplaceLog(monkeypatch)
     logs = data / "logs"
@@ -354,6 +330,7 @@ def test_stage1_run_and_evaluation_write_atomically(data: Path, monkeypatch: pyt
                                   r"evaluate_results\.json", r"log\.txt", r"log_test\.txt"])
 
 
+@pytest.mark.slow
 def test_stage2_run_with_html_gallery_writes_atomically(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = ReplaceLog(monkeypatch)
     assert train.main(train_argv(data, data / "ck", "--niter-decay", "0", "--save-step", "1", "--display-freq", "4",

@@ -28,6 +28,8 @@ import baseline
 import train
 from conftest import REPO_ROOT
 from fdgan.networks import NLayerDiscriminator
+from helpers import one_error_line, timeout, tiny_train_argv
+from helpers import tiny_baseline_argv as base_argv
 from reid.pipelines.common import build_siamese
 from reid.utils.data.preprocessor import Preprocessor
 from reid.utils.serialization import load_checkpoint
@@ -35,36 +37,9 @@ from reid.visualization import write_rank_page
 
 
 # --------------------------------------------------------------------------- harness
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread (much faster on a shared two-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def data(tmp_path: Path, synthetic_root: str) -> Path:
-    """A private copy of the synthetic dataset: ``<data>/synthetic``; returns ``<data>``."""
-    shutil.copytree(synthetic_root, tmp_path / "data" / "synthetic")
-    return tmp_path / "data"
-
-
-def base_argv(data: Path, logs: Path, *extra: str) -> List[str]:
-    """baseline.py: a tiny, quick run."""
-    return ["-d", "synthetic", "-a", "resnet18", "--no-pretrained", "--height", "64", "--width", "32", "-b", "4",
-            "-j", "0", "--device", "cpu", "--no-progress", "--epochs", "1", "--max-iters-per-epoch", "1",
-            "--augment", "none", "--rerank-topk", "5", "--data-dir", str(data), "--logs-dir", str(logs), *extra]
-
-
 def train_argv(data: Path, checkpoints: Path, *extra: str, stage1: bool = True) -> List[str]:
     """train.py --stage 1 with a random encoder: a tiny, quick run."""
-    head = ["--stage", "1", "--no-pretrained"] if stage1 else []
-    return [*head, "-d", "synthetic", "--dataroot", str(data), "--checkpoints", str(checkpoints), "--name", "run",
-            "--arch", "resnet18", "--height", "64", "--width", "32", "-b", "4", "-j", "0", "--niter", "1",
-            "--niter-decay", "0", "--max-iters-per-epoch", "1", "--save-step", "10", "--display-id", "0",
-            "--no-progress", "--device", "cpu", *extra]
+    return tiny_train_argv(data, checkpoints, "--niter-decay", "0", "--save-step", "10", *extra, stage1=stage1)
 
 
 def cli_error(main: Callable[[List[str]], int], argv: List[str], capsys: pytest.CaptureFixture) -> str:
@@ -72,10 +47,7 @@ def cli_error(main: Callable[[List[str]], int], argv: List[str], capsys: pytest.
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2, err[-2000:]
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, err[-2000:]
-    return lines[0][len("error: "):]
+    return one_error_line(err)
 
 
 def cli_ok(main: Callable[[List[str]], int], argv: List[str], capsys: pytest.CaptureFixture) -> str:
@@ -233,6 +205,7 @@ def test_truncated_image(data: Path, capsys) -> None:
     assert "truncated" in m.group(2)
 
 
+@pytest.mark.slow
 def test_odd_but_valid_inputs_train_and_evaluate(data: Path, capsys) -> None:
     """An identity with a single image, and grayscale, CMYK and PNG images, in a full run: one whole
     epoch (every training image is an anchor once), validation and the test of every query."""
@@ -291,6 +264,7 @@ GOOD_POSE = "".join(f"{10 + i} {5 + i % 10}\n" for i in range(18))
     (GOOD_POSE.replace("12 7\n", "12 7 9\n"), "line 3 should hold two numbers 'row col', got '12 7 9'"),
     ("nan 5\n" + GOOD_POSE.split("\n", 1)[1], "line 1 holds a NaN or infinite coordinate"),
 ], ids=["line-count", "not-a-number", "three-numbers", "nan"])
+@pytest.mark.slow
 def test_bad_pose_file(data: Path, capsys, text: str, message: str) -> None:
     poses = _rewrite_poses(data, text)
     msg = cli_error(train.main, train_argv(data, data / "ck"), capsys)
@@ -298,6 +272,7 @@ def test_bad_pose_file(data: Path, capsys, text: str, message: str) -> None:
     assert not (data / "ck" / "run" / "latest.pth").exists()
 
 
+@pytest.mark.slow
 def test_out_of_image_keypoints_are_dropped_and_no_visdom_server_is_a_warning(
     data: Path, capsys, synthetic_root: str,
 ) -> None:
@@ -487,6 +462,7 @@ def test_crafted_checkpoints_are_refused_without_running_code(tmp_path: Path) ->
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_through_both_clis(data: Path, capsys) -> None:
     marker = data / "MARKER"
     evil = _evil_files(data, marker)["torch-zip"]
@@ -501,7 +477,7 @@ def test_crafted_checkpoint_through_both_clis(data: Path, capsys) -> None:
     # The real command line in a fresh interpreter: exit 2, the same single line on stderr.
     proc = subprocess.run([sys.executable, "baseline.py", *base_argv(data, data / "logs", "--evaluate", "--resume",
                                                                       str(evil))],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout(300),
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr
@@ -510,6 +486,7 @@ def test_crafted_checkpoint_through_both_clis(data: Path, capsys) -> None:
 
 
 # --------------------------------------------------------------------------- training that diverges
+@pytest.mark.slow
 def test_nan_loss_in_stage1_stops_and_keeps_the_last_good_checkpoint(data: Path, capsys) -> None:
     logs = data / "logs"
     cli_ok(baseline.main, base_argv(data, logs), capsys)
@@ -524,6 +501,7 @@ def test_nan_loss_in_stage1_stops_and_keeps_the_last_good_checkpoint(data: Path,
     assert [p.name for p in logs.iterdir() if p.name.endswith(".tmp")] == []
 
 
+@pytest.mark.slow
 def test_nan_loss_in_stage2_stops_and_keeps_the_last_good_checkpoint(
     data: Path, capsys, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 import baseline
-from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
+from helpers import render_synthetic, timeout
 from reid.pipelines.common import build_siamese, evaluate_on_test
 from reid.utils.serialization import load_checkpoint
+
+pytestmark = pytest.mark.slow
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = ["-d", "synthetic", "-a", "resnet18", "--no-pretrained", "--height", "64", "--width", "32",
@@ -21,10 +23,7 @@ COMMON = ["-d", "synthetic", "-a", "resnet18", "--no-pretrained", "--height", "6
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stage1")
-    generate_synthetic_dataset(root / "synthetic", SyntheticConfig(num_ids=40, num_cams=3, images_per_cam=3,
-                                                                   height=64, width=32, seed=3))
-    return root
+    return render_synthetic(tmp_path_factory.mktemp("stage1"), num_ids=40, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +69,7 @@ def test_evaluate_with_compiled_rescoring_gives_the_saved_metrics(data_dir, trai
     proc = subprocess.run([sys.executable, "baseline.py", *COMMON, "--data-dir", str(data_dir), "--logs-dir",
                            str(trained), "--evaluate", "--resume", str(trained / "model_best.pth.tar"),
                            "--rerank-topk", "75", "--compile-rescoring"],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout(600))
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = [line for line in proc.stderr.splitlines()
             if "compiled re-scoring unavailable" in line or "compiled re-scoring kernel checked" in line]

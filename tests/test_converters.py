@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import tarfile
 import zipfile
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import h5py
 import numpy as np
 import pytest
 from PIL import Image
 
-from reid.datasets import CUHK03, DukeMTMC, Market1501, converters
-from reid.datasets.converters import convert_cuhk03, convert_dukemtmc, convert_generic, convert_market1501
+from helpers import load_json, load_script
+from reid.datasets import CUHK03, DukeMTMC, Market1501
+from reid.datasets.converters import convert_cuhk03, convert_dukemtmc, convert_generic, convert_market1501, writing
+from reid.datasets.converters import cuhk03 as cuhk03_converter
 from reid.errors import DatasetError
 
 # (folder, original file name) of a fake Market-1501 download, as listed in the archive.
@@ -72,9 +73,19 @@ def write_tree(root: str, contents: Dict[str, bytes]) -> str:
     return root
 
 
-def load_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
+def interrupt_at_call(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, call: int) -> Callable[..., Any]:
+    """Make ``module.name`` raise KeyboardInterrupt on its ``call``-th call; returns the real function."""
+    real = getattr(module, name)
+    calls = {"n": 0}
+
+    def interrupted(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(module, name, interrupted)
+    return real
 
 
 def n(pid: int, cam: int, i: int) -> str:
@@ -153,30 +164,21 @@ def test_market_resumes_after_interruption(tmp_path: Any, monkeypatch: pytest.Mo
     contents = market_contents()
     src = write_zip(str(tmp_path / "m.zip"), contents)
     dst = str(tmp_path / "market1501")
-    real = converters._to_jpeg
-    calls = {"n": 0}
-
-    def interrupted(data: bytes, what: str) -> bytes:
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(data, what)
-
-    monkeypatch.setattr(converters, "_to_jpeg", interrupted)
+    real = interrupt_at_call(monkeypatch, writing, "to_jpeg", 6)
     with pytest.raises(KeyboardInterrupt):
         convert_market1501(src, dst)
     assert not os.path.exists(dst)
     partial_images = os.listdir(os.path.join(dst + ".partial", "images"))
     assert len([f for f in partial_images if f.endswith(".jpg")]) == 5
-    monkeypatch.setattr(converters, "_to_jpeg", real)
+    monkeypatch.setattr(writing, "to_jpeg", real)
     written: List[str] = []
-    real_atomic = converters.atomic_write
+    real_atomic = writing.atomic_write
 
     def counting(path: Any, mode: str = "wb") -> Any:
         written.append(os.path.basename(str(path)))
         return real_atomic(path, mode)
 
-    monkeypatch.setattr(converters, "atomic_write", counting)
+    monkeypatch.setattr(writing, "atomic_write", counting)
     convert_market1501(src, dst)
     assert len([w for w in written if w.endswith(".jpg")]) == 14 - 5  # only the missing ones
     check_market_output(dst, contents)
@@ -303,22 +305,7 @@ def test_generic_folder_with_custom_names(tmp_path: Any) -> None:
 
 
 def test_prepare_dataset_cli(tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "prepare_dataset", os.path.join(os.path.dirname(__file__), "..", "scripts", "prepare_dataset.py"))
-    assert spec is not None and spec.loader is not None
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    root_logger = logging.getLogger()
-    handlers, level = list(root_logger.handlers), root_logger.level
-    try:
-        _run_cli(cli, tmp_path, capsys)
-    finally:  # main() installs console handlers on capsys's stream; remove them
-        for h in list(root_logger.handlers):
-            if h not in handlers:
-                root_logger.removeHandler(h)
-        root_logger.setLevel(level)
+    _run_cli(load_script("prepare_dataset"), tmp_path, capsys)
 
 
 def _run_cli(cli: Any, tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
@@ -489,21 +476,11 @@ def test_cuhk03_resumes_after_interruption(tmp_path: Any, monkeypatch: pytest.Mo
     with open(mat, "rb") as f:
         src = write_zip(str(tmp_path / "cuhk03_release.zip"), {"cuhk03_release/cuhk-03.mat": f.read()})
     dst = str(tmp_path / "cuhk03")
-    real = converters._encode_array
-    calls = {"n": 0}
-
-    def interrupted(arr: np.ndarray, what: str) -> bytes:
-        calls["n"] += 1
-        if calls["n"] == 11:
-            raise KeyboardInterrupt
-        return real(arr, what)
-
-    monkeypatch.setattr(converters, "_encode_array", interrupted)
+    real = interrupt_at_call(monkeypatch, cuhk03_converter, "_encode_array", 11)
     with pytest.raises(KeyboardInterrupt):
         convert_cuhk03(src, dst)
     assert len(os.listdir(os.path.join(dst + ".partial", "images"))) == 10
-    monkeypatch.setattr(converters, "_encode_array", real)
-    calls["n"] = 0
+    monkeypatch.setattr(cuhk03_converter, "_encode_array", real)
     caplog.clear()  # only the second run's messages (an earlier CLI test may have set the root level to INFO)
     with caplog.at_level(logging.INFO, logger="reid.datasets.converters"):
         convert_cuhk03(src, dst)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -319,6 +319,16 @@ def test_synthetic_fixture_loads(synthetic_root: str) -> None:
 
 # ---- property tests of the pure parsers
 
+def parsed_or_one_line_error(parse: Callable[[Any, str], Any], obj: Any, source: str) -> Any:
+    """``parse(obj, source)``, or None after checking that its error is one line naming ``source``."""
+    try:
+        return parse(obj, source)
+    except DatasetError as e:
+        assert str(e).startswith(f"{source}: ") and "\n" not in str(e)
+        return None
+
+
+PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False) | st.text(max_size=4),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
@@ -346,13 +356,12 @@ near_split = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@PROPERTY_SETTINGS
 @given(st.one_of(json_values, near_meta))
 def test_parse_meta_total(obj: Any) -> None:
-    try:
-        meta = parse_meta(obj, "meta.json")
-    except DatasetError as e:
-        assert str(e).startswith("meta.json: ") and "\n" not in str(e)
+    meta = parsed_or_one_line_error(parse_meta, obj, "meta.json")
+    if meta is None:
         return
     assert isinstance(meta["num_cameras"], int) and not isinstance(meta["num_cameras"], bool)
     assert meta["num_cameras"] >= 1
@@ -363,13 +372,11 @@ def test_parse_meta_total(obj: Any) -> None:
     assert meta["identities"] == obj["identities"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@PROPERTY_SETTINGS
 @given(st.one_of(json_values, st.lists(near_split, max_size=3)))
 def test_parse_splits_total(obj: Any) -> None:
-    try:
-        splits = parse_splits(obj, "splits.json")
-    except DatasetError as e:
-        assert str(e).startswith("splits.json: ") and "\n" not in str(e)
+    splits = parsed_or_one_line_error(parse_splits, obj, "splits.json")
+    if splits is None:
         return
     assert splits and len(splits) == len(obj)
     for split in splits:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fdgan.model import NET_NAMES, FDGANModel
+from helpers import timeout as scaled_timeout
 from reid.errors import ConfigError
 from reid.pipelines.baseline import freeze_unused_fc
 from reid.pipelines.common import build_siamese
@@ -263,6 +264,7 @@ def summary(tmp_path_factory) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_stage1_ddp_steps_equal_one_process_with_the_combined_batch(summary):
     run = summary["stage1"]
     assert run["ranks_identical"]
@@ -274,6 +276,7 @@ def test_stage1_ddp_steps_equal_one_process_with_the_combined_batch(summary):
     assert summary["stage1_no_sync_bn"]["max_abs"] > 1e-4
 
 
+@pytest.mark.slow
 def test_stage2_fdgan_step_with_sync_bn_equals_one_process_with_the_combined_batch(summary):
     run = summary["fdgan1"]
     assert run["ranks_identical"]
@@ -284,7 +287,7 @@ def test_stage2_fdgan_step_with_sync_bn_equals_one_process_with_the_combined_bat
 
 
 # ------------------------------------------------------------------------------- CLIs
-def _torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], timeout: float = scaled_timeout(300)) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port())] + args
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
@@ -293,6 +296,7 @@ def _torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProces
     return result
 
 
+@pytest.mark.slow
 def test_torchrun_baseline_cli_writes_release_files_once(synthetic_root, tmp_path):
     # With --sync-bn --amp --channels-last: the flags' way through the CLI (bf16 on CPU).
     logs = tmp_path / "logs"
@@ -312,6 +316,7 @@ def test_torchrun_baseline_cli_writes_release_files_once(synthetic_root, tmp_pat
     assert "openreid" in json.loads((logs / "results.json").read_text())["results"]
 
 
+@pytest.mark.slow
 def test_torchrun_train_cli_saves_release_files_once(synthetic_root, tmp_path):
     _torchrun(["train.py", "--stage", "1", "--no-pretrained", "-d", "synthetic",
                "--dataroot", os.path.dirname(synthetic_root), "--checkpoints", str(tmp_path), "--name", "ddp",

@@ -1,7 +1,6 @@
 """TorchScript and ONNX export of E's backbone, checked against the eager model."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 
@@ -11,6 +10,7 @@ import onnxruntime
 import pytest
 import torch
 
+from helpers import load_script, with_bn_statistics
 from reid import models
 from reid.errors import CheckpointError, ConfigError
 from reid.export import ExportError, export_model, export_onnx, export_program, export_torchscript, verify_outputs
@@ -20,28 +20,10 @@ from reid.models.loading import build_siamese
 H, W = 64, 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 spinning threads made each forward ~80x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _with_statistics(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def backbone() -> torch.nn.Module:
     torch.manual_seed(0)
-    return _with_statistics(models.create("resnet18", pretrained=False, cut_at_pooling=True), seed=1)
+    return with_bn_statistics(models.create("resnet18", pretrained=False, cut_at_pooling=True), seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +77,7 @@ def test_onnx_matches_eager_with_dynamic_batch(tmp_path, backbone, batch):
     assert os.listdir(tmp_path) == ["reid.onnx"]
 
 
+@pytest.mark.slow
 def test_exported_program_matches_eager_with_dynamic_batch(tmp_path, backbone, batch):
     path = tmp_path / "reid.pt2"
     assert export_program(backbone, path, height=H, width=W, trace_batch_size=2) <= 1e-4
@@ -136,21 +119,14 @@ def test_verify_outputs_tolerance():
         verify_outputs(ref, ref.t(), 1e-4, "f")
 
 
-def _load_script():
-    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "export_model.py")
-    spec = importlib.util.spec_from_file_location("export_model_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
+@pytest.mark.slow
 def test_script_exports_a_net_e_checkpoint(tmp_path, batch, capsys):
     torch.manual_seed(2)
-    net = _with_statistics(build_siamese("resnet18", pretrained=False), seed=3)
+    net = with_bn_statistics(build_siamese("resnet18", pretrained=False), seed=3)
     ckpt = tmp_path / "5_net_E.pth"
     torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, ckpt)
     out = tmp_path / "e.pt"
-    script = _load_script()
+    script = load_script("export_model")
     rc = script.main(["--checkpoint", str(ckpt), "--output", str(out), "--height", str(H), "--width", str(W)])
     assert rc == 0
     assert "torchscript export verified" in capsys.readouterr().out

@@ -57,6 +57,7 @@ def _iteration_by_updates(model, pids1, pids2):
     return grads
 
 
+@pytest.mark.slow
 def test_stage1_initialisation_and_frozen_parts(stage1_file):
     path, e_ref = stage1_file
     torch.manual_seed(1)
@@ -89,6 +90,7 @@ def test_stage1_initialisation_and_frozen_parts(stage1_file):
     assert errors["G_sp"] > 0
 
 
+@pytest.mark.slow
 def test_same_pose_loss_is_zero_without_positive_pairs(stage1_file):
     path, _ = stage1_file
     model = FDGANModel(stage=1, netE_pretrain=str(path), **TINY)
@@ -98,6 +100,7 @@ def test_same_pose_loss_is_zero_without_positive_pairs(stage1_file):
     assert model.get_current_errors()["G_sp"] == 0.0
 
 
+@pytest.mark.slow
 def test_learning_rates_of_each_stage(stage1_file, tmp_path):
     path, _ = stage1_file
     m1 = FDGANModel(stage=1, netE_pretrain=str(path), **TINY)
@@ -129,6 +132,7 @@ def test_learning_rates_of_each_stage(stage1_file, tmp_path):
 
 
 @pytest.mark.parametrize("share,skip", [(True, False), (False, True), (True, True)])
+@pytest.mark.slow
 def test_faster_update_gives_the_release_losses_and_gradients(stage1_file, share, skip):
     """Sharing Di's origin pass and skipping Di/Dp weight gradients in G's step change no number."""
     path, _ = stage1_file
@@ -167,6 +171,7 @@ def test_faster_update_gives_the_release_losses_and_gradients(stage1_file, share
     assert (gb["E"] is None) == skip
 
 
+@pytest.mark.slow
 def test_stage2_faster_update_gives_the_release_losses_gradients_and_weights(stage1_file, tmp_path):
     """Stage III trains E too: its gradients, and every network after one iteration, are the release's."""
     path, _ = stage1_file
@@ -196,6 +201,7 @@ def test_stage2_faster_update_gives_the_release_losses_gradients_and_weights(sta
     assert not torch.equal(before[conv1], ours.net_E.base_model.base.conv1.weight)
 
 
+@pytest.mark.slow
 def test_stage1_never_changes_or_keeps_gradients_of_the_frozen_encoder(stage1_file):
     path, _ = stage1_file
     for skip in (False, True):
@@ -211,6 +217,7 @@ def test_stage1_never_changes_or_keeps_gradients_of_the_frozen_encoder(stage1_fi
             assert torch.equal(v, before[k]), (skip, k)
 
 
+@pytest.mark.slow
 def test_optimisers_use_fused_kernels_and_keep_them_when_resuming_a_loop_run(stage1_file):
     path, _ = stage1_file
     torch.manual_seed(5)

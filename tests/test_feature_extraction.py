@@ -1,7 +1,6 @@
 """FeatureExtractor, checkpoint forms, and the HDF5 output of scripts/extract_features.py."""
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import h5py
@@ -10,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import load_script, with_bn_statistics
 from reid import models
 from reid.errors import CheckpointError, DatasetError
 from reid.feature_extraction import FeatureExtractor, read_features_h5
@@ -21,30 +21,10 @@ MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
 
 
-def _trained_like(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Give every BatchNorm non-trivial running statistics so the loaded weights matter."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-    return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 spinning threads made each forward ~80x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def backbone() -> torch.nn.Module:
     torch.manual_seed(1)
-    return _trained_like(models.create("resnet18", pretrained=False, cut_at_pooling=True), seed=2)
+    return with_bn_statistics(models.create("resnet18", pretrained=False, cut_at_pooling=True), seed=2, weights=True)
 
 
 @pytest.fixture(scope="module")
@@ -127,10 +107,11 @@ def test_bad_inputs_raise_dataset_error(tmp_path, backbone):
     assert extractor([]).shape == (0, 512)
 
 
+@pytest.mark.slow
 def test_checkpoint_forms_load(tmp_path, arrays):
     torch.manual_seed(3)
     net = build_siamese("resnet18", pretrained=False)
-    _trained_like(net, seed=4)
+    with_bn_statistics(net, seed=4, weights=True)
     want = _by_hand(net.base_model, arrays)
     prefixed = {f"module.{k}": v for k, v in net.state_dict().items()}
     forms = {
@@ -175,14 +156,6 @@ def test_detect_arch(arch):
     assert detect_arch(backbone_state_dict(wrapped)) == arch
 
 
-def _load_script():
-    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "extract_features.py")
-    spec = importlib.util.spec_from_file_location("extract_features_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_writes_hdf5_matching_extractor(tmp_path, backbone, arrays, capsys):
     images = tmp_path / "images"
     (images / "cam2" / "deeper").mkdir(parents=True)
@@ -199,7 +172,7 @@ def test_script_writes_hdf5_matching_extractor(tmp_path, backbone, arrays, capsy
     ckpt = _save({"state_dict": {f"module.base_model.{k}": v for k, v in backbone.state_dict().items()}},
                  tmp_path / "model_best.pth.tar")
     out = tmp_path / "out" / "feats.h5"
-    script = _load_script()
+    script = load_script("extract_features")
     argv = ["--checkpoint", ckpt, "--images", str(images), "--output", str(out),
             "--arch", "resnet18", "--height", str(H), "--width", str(W), "--batch-size", "2", "--device", "cpu"]
     assert script.main(argv) == 0
@@ -234,7 +207,7 @@ def test_script_writes_hdf5_matching_extractor(tmp_path, backbone, arrays, capsy
 def test_script_errors_exit_2(tmp_path, backbone, capsys):
     ckpt = _save(backbone.state_dict(), tmp_path / "backbone.pth")
     (tmp_path / "empty").mkdir()
-    script = _load_script()
+    script = load_script("extract_features")
     rc = script.main(["--checkpoint", ckpt, "--images", str(tmp_path / "empty"), "--output", str(tmp_path / "f.h5"),
                       "--arch", "resnet18", "--height", str(H), "--width", str(W), "--device", "cpu"])
     assert rc == 2

@@ -29,7 +29,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import timeout as scaled_timeout
 from reid.utils.data.pose import KEYPOINT_NAMES, read_pose_file
+
+pytestmark = pytest.mark.slow
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POSE_PYTHON = os.path.join(REPO_ROOT, ".venv-pose", "bin", "python")
@@ -50,7 +53,7 @@ def pose_python() -> str:
     return POSE_PYTHON
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = scaled_timeout(300)) -> subprocess.CompletedProcess:
     return subprocess.run([pose_python(), SCRIPT, *args], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -59,7 +62,7 @@ def package_file(package: str, *parts: str) -> str:
     """A file inside a package installed in .venv-pose (found without importing the package)."""
     code = ("import importlib.util, sys; "
             f"print(importlib.util.find_spec({package!r}).submodule_search_locations[0])")
-    r = subprocess.run([pose_python(), "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([pose_python(), "-c", code], capture_output=True, text=True, timeout=scaled_timeout(120))
     assert r.returncode == 0, f"{package} is not installed in .venv-pose (run `make setup-pose`): {r.stderr}"
     path = os.path.join(r.stdout.strip(), *parts)
     assert os.path.isfile(path), path
@@ -241,14 +244,14 @@ def test_killed_run_resumes_without_gaps_or_duplicates(photos, tmp_path) -> None
                             cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + scaled_timeout(120)
         while time.monotonic() < deadline and proc.poll() is None:
             if poses.is_dir() and len(mtimes(poses)) >= 5:
                 break
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
-        proc.wait(timeout=30)
+        proc.wait(timeout=scaled_timeout(30))
     done_before = mtimes(poses)
     assert 5 <= len(done_before) < 60, f"{len(done_before)} pose files when killed"
     for name in done_before:  # whatever was written is complete

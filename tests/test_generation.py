@@ -34,6 +34,7 @@ from reid.models.loading import build_siamese
 from reid.utils.data.pose import read_pose_file
 from reid.utils.data.preprocessor import generate_pose_map
 from reid.utils.data.transforms import build_test_transform
+from helpers import timeout
 from tests.browser import is_blank, screenshot
 from tests.conftest import REPO_ROOT
 
@@ -320,6 +321,7 @@ def test_generate_is_deterministic_per_seed(transfer: PoseTransfer, synthetic_ro
     assert np.abs(one[0, 0, 0].astype(int) - a[0, 0, 1].astype(int)).max() > 10
 
 
+@pytest.mark.slow
 def test_generate_add_fusion_skips_instance_norm(tmp_path: Path, nets, synthetic_root: str) -> None:
     fuse_mode, connect_layers, norm = "add", 2, "instance"
     g = make_generator(fuse_mode, connect_layers, norm, seed=5)
@@ -363,6 +365,7 @@ def page_refs(page: Path) -> List[str]:
     return [unquote(v) for _, v in parser.refs]
 
 
+@pytest.mark.slow
 def test_run_generation_outputs(tmp_path: Path, nets, synthetic_root: str) -> None:
     files = dataset_files(synthetic_root, 4)
     # A source whose name holds markup: it must appear escaped in the page.
@@ -415,13 +418,14 @@ def test_run_generation_bad_input(tmp_path: Path, nets, synthetic_root: str) -> 
                        num_noise=0)
 
 
+@pytest.mark.slow
 def test_cli(tmp_path: Path, nets, synthetic_root: str, capsys: pytest.CaptureFixture) -> None:
     files = dataset_files(synthetic_root, 3)
     out_dir = tmp_path / "cli"
     cmd = [sys.executable, SCRIPT, "--netE", str(nets["E_path"]), "--netG", str(nets["G_path"]),
            "--sources", files[0], "--poses", files[1], files[2], "--dataset-dir", synthetic_root,
            "--num-noise", "3", "--seed", "2", "--output", str(out_dir), "--device", "cpu"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout(300))
     assert done.returncode == 0, done.stderr
     pngs = sorted(p.name for p in (out_dir / "images").glob("gen_*.png"))
     assert len(pngs) == 1 * 2 * 3

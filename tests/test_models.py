@@ -1,52 +1,28 @@
 """Tests of reid.models: backbones, pair head, Siamese wrapper, release checkpoint compatibility."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import urllib.error
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
 import torchvision
-from torch import nn
 
+from helpers import assert_matches_release_keys, shapes_of
 from reid import models
 from reid.errors import CheckpointError, ConfigError
 from reid.models import EltwiseSubEmbed, SiameseNet
 from reid.models.resnet import ResNet
 from reid.utils.serialization import load_weights
 
-# The contract (spec/state_dict_keys.json): key count and sha256 of "key [shape]" lines in sorted
-# key order, so the test also runs where the spec folder is absent. Where the JSON is present the
-# full dictionaries are compared first, which gives a readable diff.
-SPEC_KEYS = [
-    Path(__file__).resolve().parent.parent / "docs" / "state_dict_keys.json",
-    Path("/work/shared/spec/state_dict_keys.json"),
-]
+# Count and sha256 of the sorted "key [shape]" lines of each network, checked beside the full
+# key/shape lists of tests/data/state_dict_keys.json.
 CONTRACT = {
     "net_E": (273, "1265a96a45956798a2f0c65f608a06be09aa237b059331473677bc1362c43554"),
     "net_Di": (273, "351e707f8b1b226cef429c4ea9f99e989a2efc77d6256f2876fb181a201dfa60"),
 }
-
-
-def shapes_of(model: nn.Module) -> "OrderedDict[str, list]":
-    return OrderedDict(
-        (k, list(v.shape)) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")
-    )
-
-
-def assert_matches_contract(name: str, model: nn.Module) -> None:
-    shapes = shapes_of(model)
-    for path in SPEC_KEYS:
-        if path.is_file():
-            assert shapes == json.loads(path.read_text())[name]
-            break
-    text = "\n".join(f"{k} {shapes[k]}" for k in sorted(shapes))
-    assert (len(shapes), hashlib.sha256(text.encode()).hexdigest()) == CONTRACT[name]
 
 
 def build_siamese(num_classes: int, arch: str = "resnet50") -> SiameseNet:
@@ -85,13 +61,13 @@ def test_pooled_feature_size(arch: str, size: int) -> None:
 def test_net_E_keys_and_shapes_match_release() -> None:
     with torch.device("meta"):
         net_e = build_siamese(2)
-    assert_matches_contract("net_E", net_e)
+    assert_matches_release_keys("net_E", net_e, CONTRACT)
 
 
 def test_net_Di_keys_and_shapes_match_release() -> None:
     with torch.device("meta"):
         net_di = build_siamese(1)
-    assert_matches_contract("net_Di", net_di)
+    assert_matches_release_keys("net_Di", net_di, CONTRACT)
 
 
 # -------------------------------------------------------------------------------- ResNet forward
@@ -271,6 +247,7 @@ def test_siamese_net_with_resnet18_features() -> None:
 # --------------------------------------------------------------------------------- checkpoints
 
 
+@pytest.mark.slow
 def test_stage1_checkpoint_loads_and_wrong_head_is_reported(tmp_path) -> None:
     """baseline.py's form: {'state_dict': ...} with 'module.' keys, no num_batches_tracked."""
     torch.manual_seed(0)

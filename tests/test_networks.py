@@ -1,11 +1,8 @@
 """Tests of fdgan.networks and fdgan.losses: release key names, shapes, defects fixed, helpers."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,16 +18,12 @@ from fdgan.networks import (
     init_weights,
     set_bn_fix,
 )
+from helpers import assert_matches_release_keys, shapes_of
 from reid.errors import CheckpointError, ConfigError
 from reid.utils.serialization import load_weights
 
-# The contract (spec/state_dict_keys.json): key count and sha256 of "key [shape]" lines in sorted
-# key order, so the test also runs where the spec folder is absent. Where the JSON is present the
-# full dictionaries are compared first, which gives a readable diff.
-SPEC_KEYS = [
-    Path(__file__).resolve().parent.parent / "docs" / "state_dict_keys.json",
-    Path("/work/shared/spec/state_dict_keys.json"),
-]
+# Count and sha256 of the sorted "key [shape]" lines of each network, checked beside the full
+# key/shape lists of tests/data/state_dict_keys.json.
 CONTRACT = {
     "net_G_cat_c0": (52, "ea94f66b26337be1a8612d9d39f6b0c0b2410e9c5d725e7ad543f178047a5a67"),
     "net_G_cat_c2": (52, "c4285344a1c299db9225bd467e230918a26e7bec32c3d27b5779d830700c845f"),
@@ -39,22 +32,6 @@ CONTRACT = {
     "net_Dp_batch": (19, "3b8ffa6f85a74097725f86d4db9dea2d78533994ecbdc3cf444233f7e3183f1f"),
     "net_Dp_instance": (10, "da3a4113e541a06f3b770e7b9fe85a12ab995b105891b27f73d2dddc3795096d"),
 }
-
-
-def shapes_of(model: nn.Module) -> "OrderedDict[str, list]":
-    return OrderedDict(
-        (k, list(v.shape)) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")
-    )
-
-
-def assert_matches_contract(name: str, model: nn.Module) -> None:
-    shapes = shapes_of(model)
-    for path in SPEC_KEYS:
-        if path.is_file():
-            assert shapes == json.loads(path.read_text())[name]
-            break
-    text = "\n".join(f"{k} {shapes[k]}" for k in sorted(shapes))
-    assert (len(shapes), hashlib.sha256(text.encode()).hexdigest()) == CONTRACT[name]
 
 
 def small_generator(**kwargs) -> CustomPoseGenerator:
@@ -73,14 +50,14 @@ def test_generator_keys_and_shapes_match_release(fuse_mode: str, connect_layers:
     with torch.device("meta"):
         net = CustomPoseGenerator(128, 2048, 256, norm_layer=get_norm_layer("batch"),
                                   fuse_mode=fuse_mode, connect_layers=connect_layers)
-    assert_matches_contract(f"net_G_{fuse_mode}_c{connect_layers}", net)
+    assert_matches_release_keys(f"net_G_{fuse_mode}_c{connect_layers}", net, CONTRACT)
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance"])
 def test_pose_discriminator_keys_and_shapes_match_release(norm: str) -> None:
     with torch.device("meta"):
         net = NLayerDiscriminator(3 + 18, norm_layer=get_norm_layer(norm))
-    assert_matches_contract(f"net_Dp_{norm}", net)
+    assert_matches_release_keys(f"net_Dp_{norm}", net, CONTRACT)
 
 
 def test_norm_none_keeps_layer_positions() -> None:
@@ -185,6 +162,7 @@ def test_decoder_input_channels(connect_layers: int, table: list) -> None:
     assert [b[1].in_channels for b in blocks] == [64 * t for t in table]
 
 
+@pytest.mark.slow
 def test_skip_connections_run_at_every_depth() -> None:
     torch.manual_seed(0)
     for c in range(6):

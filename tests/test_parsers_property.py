@@ -98,6 +98,7 @@ def test_pose_parser_on_near_valid_files(lines: List[List[str]], sep: str, end: 
             assert (row, col) == (np.float32(fr), np.float32(fc))
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(st.lists(st.tuples(st.floats(-1e6, 1e6), st.floats(-1e6, 1e6)), min_size=18, max_size=18))
 def test_pose_format_then_parse_round_trips(points: List[Any]) -> None:
@@ -209,6 +210,7 @@ def near_valid_datasets(draw: st.DrawFn) -> Dict[str, Any]:
             "split_id": draw(st.sampled_from([0] * 9 + [1, -1]))}
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(near_valid_datasets())
 def test_dataset_load_on_near_valid_descriptions(scratch: Path, case: Dict[str, Any]) -> None:
@@ -265,6 +267,7 @@ def damaged_checkpoints(draw: st.DrawFn) -> bytes:
     return bytes(raw[:at]) + draw(st.binary(max_size=64)) + bytes(raw[at:])
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(damaged_checkpoints(), st.binary(max_size=400), st.text(max_size=100).map(str.encode),
                  st.sampled_from([pickle.dumps([1, 2]), pickle.dumps({"a": 1}, protocol=0), b"PK\x03\x04",

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import timeout
 from reid import pose_estimation as pe
 from reid.errors import ConfigError, DatasetError
 from reid.pose_plausibility import PlausibilityLimits
@@ -450,7 +451,7 @@ def test_pose_code_imports_without_torch() -> None:
         "runpy.run_path('scripts/generate_poses.py', run_name='not_main')\n"
         "print('ok')\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout(120),
                        env={**os.environ, "PYTHONPATH": REPO_ROOT})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"

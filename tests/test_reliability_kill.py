@@ -31,9 +31,12 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
+from helpers import timeout
 from reid.utils.serialization import load_checkpoint
 
-TIMEOUT = 300.0  # seconds a single run may take on a loaded two-core machine
+pytestmark = pytest.mark.slow
+
+TIMEOUT = timeout(300)  # seconds a single run may take on a loaded two-core machine
 POLL = 0.002
 # One intra-op thread: on a shared two-core machine, OpenMP threads that wait for each other while
 # other processes hold the cores make a run tens of times slower. Every run here (interrupted or
@@ -84,7 +87,7 @@ class Run:
                 self.proc.wait()
                 raise AssertionError(f"timed out waiting for {what}")
             time.sleep(POLL)
-        assert self.proc.wait(timeout=60) == -signal.SIGKILL
+        assert self.proc.wait(timeout=timeout(60)) == -signal.SIGKILL
 
     def finish(self) -> None:
         try:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Dict, List
@@ -13,16 +12,12 @@ from PIL import Image
 
 from conftest import (SYNTHETIC_HEIGHT, SYNTHETIC_IMAGES_PER_CAM, SYNTHETIC_NUM_CAMS, SYNTHETIC_NUM_IDS,
                       SYNTHETIC_WIDTH)
+from helpers import load_json, load_script
 from reid.datasets import synthetic_render as sr
 from reid.errors import ConfigError, DatasetError
 from reid.utils.data.pose import read_pose_file
 
 R_SHOULDER, L_SHOULDER, NOSE, R_EYE, L_EYE, R_EAR, L_EAR = 2, 5, 0, 14, 15, 16, 17
-
-
-def load_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
 
 
 def tree_bytes(root: str) -> Dict[str, bytes]:
@@ -75,27 +70,12 @@ def test_bad_settings(tmp_path: Any, kwargs: Dict[str, int], flag: str) -> None:
 
 
 def test_cli_reports_errors(tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
-    import importlib.util
-    import logging
-
-    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "make_synthetic_dataset.py")
-    spec = importlib.util.spec_from_file_location("make_synthetic_dataset", path)
-    assert spec is not None and spec.loader is not None
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    root_logger = logging.getLogger()
-    handlers, level = list(root_logger.handlers), root_logger.level
-    try:
-        assert cli.main(["--root", str(tmp_path / "s"), "--num-cams", "1"]) == 2
-        assert capsys.readouterr().err.startswith("error: --num-cams 1")
-        assert cli.main(["--root", str(tmp_path / "s"), "--num-ids", "4", "--num-cams", "2",
-                         "--images-per-cam", "1", "--height", "32", "--width", "16"]) == 0
-        assert len(os.listdir(tmp_path / "s" / "poses")) == 10  # (4 + 1 distractor) x 2 cameras
-    finally:
-        for h in list(root_logger.handlers):
-            if h not in handlers:
-                root_logger.removeHandler(h)
-        root_logger.setLevel(level)
+    cli = load_script("make_synthetic_dataset")
+    assert cli.main(["--root", str(tmp_path / "s"), "--num-cams", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --num-cams 1")
+    assert cli.main(["--root", str(tmp_path / "s"), "--num-ids", "4", "--num-cams", "2",
+                     "--images-per-cam", "1", "--height", "32", "--width", "16"]) == 0
+    assert len(os.listdir(tmp_path / "s" / "poses")) == 10  # (4 + 1 distractor) x 2 cameras
 
 
 def test_split_structure(synthetic_root: str) -> None:
@@ -257,6 +237,7 @@ def colour_histogram(img: np.ndarray, bins: int = 4) -> np.ndarray:
     return hist / hist.sum()
 
 
+@pytest.mark.slow
 def test_colour_histogram_nearest_neighbour_is_above_chance_below_perfect() -> None:
     # 60 identities (30 test + 3 distractors), 4 cameras, 128 x 64: the default settings, fewer ids.
     cfg = sr.SyntheticConfig(num_ids=60, seed=0)

@@ -10,6 +10,7 @@ import torch
 
 import train
 from fdgan.model import FDGANModel
+from helpers import render_synthetic
 from options import Options
 from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
 from reid.pipelines.common import load_dataset
@@ -17,6 +18,8 @@ from reid.utils.data.loaders import build_pose_pair_loader
 from reid.utils.serialization import load_checkpoint, load_weights
 from tests.browser import img_srcs, is_blank, screenshot
 from tests.test_visualizer import start_visdom, stop, visdom_reader
+
+pytestmark = pytest.mark.slow
 
 TINY = ["-d", "synthetic", "--arch", "resnet18", "--height", "64", "--width", "32", "-b", "8", "-j", "0",
         "--pose-feature-size", "16", "--noise-feature-size", "16", "--device", "cpu", "--no-progress",
@@ -31,10 +34,7 @@ def no_proxy(monkeypatch):
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gan")
-    generate_synthetic_dataset(root / "synthetic", SyntheticConfig(num_ids=12, num_cams=3, images_per_cam=3,
-                                                                   height=64, width=32, seed=4))
-    return root
+    return render_synthetic(tmp_path_factory.mktemp("gan"), num_ids=12, seed=4)
 
 
 @pytest.fixture(scope="module")

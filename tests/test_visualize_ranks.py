@@ -127,6 +127,7 @@ class _Srcs(HTMLParser):
             self.srcs += [v for k, v in attrs if k == "src"]
 
 
+@pytest.mark.slow
 def test_visualize_ranks_end_to_end(tmp_path: Path, checkpoint: Path, synthetic_root: str) -> None:
     data_dir = os.path.dirname(synthetic_root)
     out = tmp_path / "ranks"

@@ -32,6 +32,7 @@ from fdgan.utils.visualizer import (
     image_filename,
     label_to_filename,
 )
+from helpers import timeout
 from reid.utils.html import HTML
 from tests.browser import is_blank, screenshot
 
@@ -63,7 +64,7 @@ def start_visdom(tmp_path: Path) -> Tuple[subprocess.Popen, int]:
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     log.close()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout(60)
     while True:
         if proc.poll() is not None:
             raise AssertionError(
@@ -75,7 +76,7 @@ def start_visdom(tmp_path: Path) -> Tuple[subprocess.Popen, int]:
         except OSError:
             if time.monotonic() > deadline:
                 stop(proc)
-                raise AssertionError(f"visdom server did not answer on port {port} within 30 s")
+                raise AssertionError(f"visdom server did not answer on port {port} within {timeout(60):.0f} s")
             time.sleep(0.1)
 
 
@@ -83,7 +84,7 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=timeout(10))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -254,6 +255,7 @@ def test_label_file_names_round_trip() -> None:
     assert image_filename(1234, "fake") == "epoch1234_fake.png"
 
 
+@pytest.mark.slow
 def test_html_gallery_lists_epochs_newest_first_after_resume_and_renders(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     first_run = Visualizer(name="exp", checkpoints_dir=str(ckpt), display_id=0, display_winsize=96)
@@ -359,6 +361,7 @@ def test_no_visdom_server_warns_once_and_everything_still_works(
     assert (tmp_path / "exp" / "web" / "index.html").is_file()
 
 
+@pytest.mark.slow
 def test_visdom_plots_and_images_then_server_dies(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,27 +1,11 @@
 """Market-1501, prepared with ``scripts/prepare_dataset.py market1501``."""
 from __future__ import annotations
 
-from typing import Union
-
-from reid.utils.data.dataset import Dataset
-from reid.utils.osutils import PathLike
+from reid.datasets.base import PreparedDataset
 
 
-class Market1501(Dataset):
-    """Market-1501 (6 cameras, 751 training / 750 test identities plus distractors).
-
-    Args:
-        root: the prepared folder, e.g. ``datasets/market1501``.
-        split_id: the split to load (the dataset has one).
-        num_val: validation identities taken from trainval (count or fraction).
-        protocol: ``'openreid'`` (the release) or ``'official'`` (query folder vs bounding_box_test).
-        require_poses: also require the ``poses/`` folder (FD-GAN training).
-    """
+class Market1501(PreparedDataset):
+    """Market-1501 (6 cameras, 751 training / 750 test identities plus distractors; one split);
+    arguments as :class:`~reid.datasets.base.PreparedDataset`."""
 
     name = "market1501"
-
-    def __init__(self, root: PathLike, split_id: int = 0, num_val: Union[int, float] = 100,
-                 protocol: str = "openreid", require_poses: bool = False) -> None:
-        super().__init__(root, split_id=split_id)
-        self.check_integrity(require_poses=require_poses)
-        self.load(num_val, protocol=protocol)
