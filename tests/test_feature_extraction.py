@@ -57,7 +57,7 @@ def test_features_equal_model_run_by_hand(tmp_path, backbone, arrays):
     assert extractor.arch == "resnet18"
     got = extractor(arrays)
     assert got.dtype == torch.float32 and got.shape == (5, 512)
-    torch.testing.assert_close(got, _by_hand(backbone, arrays), rtol=0, atol=1e-5)
+    torch.testing.assert_close(got, _by_hand(backbone, arrays), rtol=1e-5, atol=1e-5)  # batches of 2 vs 5: other kernels
     # A freshly initialised network gives something else: the weights really were loaded.
     torch.manual_seed(5)
     other = FeatureExtractor(None, arch="resnet18", height=H, width=W)
