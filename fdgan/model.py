@@ -21,7 +21,8 @@ from fdgan.utils.util import posemap2im, tensor2im
 from reid.errors import ConfigError
 from reid.pipelines.common import build_siamese
 from reid.utils.optim import fused_kwargs, load_optimizer_state
-from reid.utils.runtime import DistributedContext, MixedPrecision, convert_sync_batchnorm, resolve_mixed_precision
+from reid.utils.amp import MixedPrecision, resolve_mixed_precision
+from reid.utils.distributed import DistributedContext, convert_sync_batchnorm
 from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,6 @@ class FDGANModel:
             loops over the parameters; the updates differ by rounding).
         device: where the networks live.
         mixed_precision: autocast settings of the step (``--amp``); fp16 uses ``self.scaler``.
-        channels_last: keep weights and image batches in the channels-last memory format.
     """
 
     def __init__(
@@ -104,7 +104,6 @@ class FDGANModel:
         fused_optimizers: bool = True,
         device: torch.device | str = "cpu",
         mixed_precision: Optional[MixedPrecision] = None,
-        channels_last: bool = False,
     ) -> None:
         if stage not in (1, 2):
             raise ConfigError(f"--stage {stage}: expected 1 (GAN pre-training) or 2 (global fine-tuning)")
@@ -141,11 +140,8 @@ class FDGANModel:
         else:
             for name, path in zip(NET_NAMES, (netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain)):
                 self.load_network(name, path)
-        self.channels_last = channels_last
         for name in NET_NAMES:
             self.net(name).to(self.device)
-            if channels_last:
-                self.net(name).to(memory_format=torch.channels_last)
         self.mixed_precision = mixed_precision if mixed_precision is not None else MixedPrecision()
         self.scaler = self.mixed_precision.grad_scaler()
         # Set by distribute(): averages the gradients of one optimiser over the processes.
@@ -158,10 +154,13 @@ class FDGANModel:
         self.losses: "OrderedDict[str, float]" = OrderedDict((k, 0.0) for k in LOSS_NAMES)
 
     @classmethod
-    def from_options(cls, opt, device: torch.device | str = "cpu") -> "FDGANModel":
-        """Build from train.py's parsed options."""
+    def from_options(cls, opt, device: torch.device | str = "cpu",
+                     mixed_precision: Optional[MixedPrecision] = None) -> "FDGANModel":
+        """Build from train.py's settings (a :class:`fdgan.pipeline.TrainConfig`); ``mixed_precision``
+        defaults to what its ``amp`` / ``amp_dtype`` give on ``device``."""
         device = torch.device(device)
-        mixed_precision = resolve_mixed_precision(getattr(opt, "amp", False), getattr(opt, "amp_dtype", None), device)
+        if mixed_precision is None:
+            mixed_precision = resolve_mixed_precision(opt.amp, opt.amp_dtype, device)
         return cls(
             stage=opt.stage, arch=opt.arch, height=opt.height, width=opt.width,
             pose_feature_size=opt.pose_feature_size, noise_feature_size=opt.noise_feature_size,
@@ -170,8 +169,8 @@ class FDGANModel:
             smooth_label=opt.smooth_label, niter=opt.niter, niter_decay=opt.niter_decay,
             netE_pretrain=opt.netE_pretrain, netG_pretrain=opt.netG_pretrain,
             netDi_pretrain=opt.netDi_pretrain, netDp_pretrain=opt.netDp_pretrain,
-            pretrained=not opt.no_pretrained, apply_lr_mult=opt.apply_lr_mult, device=device,
-            mixed_precision=mixed_precision, channels_last=getattr(opt, "channels_last", False),
+            pretrained=opt.pretrained, apply_lr_mult=opt.apply_lr_mult, device=device,
+            mixed_precision=mixed_precision,
         )
 
     # ------------------------------------------------------------------ set-up
@@ -264,10 +263,9 @@ class FDGANModel:
         noise = torch.randn(b, self.noise_feature_size)
         posemap2 = torch.where(pos.cpu(), first["posemap"], second["posemap"])
         target2 = torch.where(pos.cpu(), first["target"], second["target"])
-        fmt = torch.channels_last if self.channels_last else torch.preserve_format
-        self.origin = torch.cat([first["origin"], second["origin"]]).to(dev, memory_format=fmt)
-        self.target = torch.cat([first["target"], target2]).to(dev, memory_format=fmt)
-        self.posemap = torch.cat([first["posemap"], posemap2]).to(dev, memory_format=fmt)
+        self.origin = torch.cat([first["origin"], second["origin"]]).to(dev)
+        self.target = torch.cat([first["target"], target2]).to(dev)
+        self.posemap = torch.cat([first["posemap"], posemap2]).to(dev)
         self.noise = torch.cat([noise, noise]).view(2 * b, -1, 1, 1).to(dev)
         self.batch_pairs = b
 
