@@ -96,12 +96,16 @@ def copy_state_dict(
 ) -> nn.Module:
     """Copy ``state_dict`` into ``model`` (unwrapping DataParallel/DDP first).
 
-    Missing ``num_batches_tracked`` buffers are tolerated (files from PyTorch 0.3). Any other
+    Missing ``num_batches_tracked`` buffers are tolerated (files from PyTorch 0.3), and so are the
+    ``running_mean`` / ``running_var`` that PyTorch 0.3's ``InstanceNorm2d`` kept (a release
+    generator or pose discriminator trained with ``--norm instance``): they are dropped where this
+    model has an instance norm without running statistics, or the identity that stands in for one
+    on a 1 x 1 map. Any other
     missing or unexpected key, or a shape mismatch, raises :class:`CheckpointError` naming them
     when ``strict``; otherwise those keys are skipped.
     """
     target = model.module if hasattr(model, "module") else model
-    state_dict = extract_state_dict(state_dict, source)
+    state_dict = _drop_instance_norm_statistics(extract_state_dict(state_dict, source), target)
     own = target.state_dict()
     missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in own]
@@ -128,6 +132,24 @@ def copy_state_dict(
             merged[k] = v
     target.load_state_dict(merged, strict=True)
     return model
+
+
+def _drop_instance_norm_statistics(
+    state_dict: "OrderedDict[str, torch.Tensor]", model: nn.Module
+) -> "OrderedDict[str, torch.Tensor]":
+    """``state_dict`` without the running statistics of ``model``'s statistics-free instance norms."""
+    stat_free = {
+        name for name, m in model.named_modules()
+        if (isinstance(m, nn.modules.instancenorm._InstanceNorm) and not m.track_running_stats)
+        or isinstance(m, nn.Identity)
+    }
+    own = model.state_dict()
+
+    def release_only(key: str) -> bool:
+        module, _, buffer = key.rpartition(".")
+        return buffer in ("running_mean", "running_var") and module in stat_free and key not in own
+
+    return OrderedDict((k, v) for k, v in state_dict.items() if not release_only(k))
 
 
 def load_weights(fpath: PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
