@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from fdgan.losses import GAN_LOSS_MODES
 from fdgan.pipeline import TrainConfig
 from reid import datasets, models
 from reid.pipelines.run import RunConfig
@@ -95,6 +96,9 @@ class Options:
         p.add_argument("--lambda-sp", type=float, default=_D.lambda_sp)
         p.add_argument("--smooth-label", action="store_true", help="smoothed discriminator targets")
         # Beyond the release.
+        p.add_argument("--gan-loss", type=str, default=_D.gan_loss, choices=list(GAN_LOSS_MODES),
+                       help="GAN loss: release = sigmoid then BCE with PyTorch 0.3's epsilon (default); "
+                            "logits = BCE with logits")
         p.add_argument("--apply-lr-mult", action="store_true",
                        help="stage 2: apply the per-group lr multipliers the release defines but ignores")
         p.add_argument("--resume", action="store_true", help="continue <checkpoints>/<name>/latest.pth")

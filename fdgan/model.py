@@ -59,6 +59,7 @@ class FDGANModel:
         lr: base learning rate (see spec section 5 for each optimiser's share).
         lambda_recon, lambda_veri, lambda_sp: loss weights.
         smooth_label: smoothed discriminator targets (and rare target swaps).
+        gan_loss: the GAN losses' form (:class:`fdgan.losses.GANLoss` ``mode``): ``'release'`` or ``'logits'``.
         niter, niter_decay: epochs at the full rate, then epochs of linear decay.
         netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain: checkpoint files to start from.
         pretrained: ImageNet weights for E/Di backbones when no E file is given (stage 1 only).
@@ -91,6 +92,7 @@ class FDGANModel:
         lambda_veri: float = 1.0,
         lambda_sp: float = 1.0,
         smooth_label: bool = False,
+        gan_loss: str = "release",
         niter: int = 50,
         niter_decay: int = 50,
         netE_pretrain: str = "",
@@ -147,8 +149,8 @@ class FDGANModel:
         # Set by distribute(): averages the gradients of one optimiser over the processes.
         self._grad_sync: Optional[Callable[[Iterable[torch.Tensor]], None]] = None
 
-        self.criterion_gan_d = GANLoss(smooth=smooth_label).to(self.device)
-        self.criterion_gan_g = GANLoss(smooth=False).to(self.device)
+        self.criterion_gan_d = GANLoss(smooth=smooth_label, mode=gan_loss).to(self.device)
+        self.criterion_gan_g = GANLoss(smooth=False, mode=gan_loss).to(self.device)
         self._build_optimizers(lr, apply_lr_mult)
         self.schedulers = [get_scheduler(o, niter, niter_decay) for o in self.optimizers.values()]
         self.losses: "OrderedDict[str, float]" = OrderedDict((k, 0.0) for k in LOSS_NAMES)
@@ -166,7 +168,7 @@ class FDGANModel:
             pose_feature_size=opt.pose_feature_size, noise_feature_size=opt.noise_feature_size,
             norm=opt.norm, drop=opt.drop, connect_layers=opt.connect_layers, fuse_mode=opt.fuse_mode,
             lr=opt.lr, lambda_recon=opt.lambda_recon, lambda_veri=opt.lambda_veri, lambda_sp=opt.lambda_sp,
-            smooth_label=opt.smooth_label, niter=opt.niter, niter_decay=opt.niter_decay,
+            smooth_label=opt.smooth_label, gan_loss=opt.gan_loss, niter=opt.niter, niter_decay=opt.niter_decay,
             netE_pretrain=opt.netE_pretrain, netG_pretrain=opt.netG_pretrain,
             netDi_pretrain=opt.netDi_pretrain, netDp_pretrain=opt.netDp_pretrain,
             pretrained=opt.pretrained, apply_lr_mult=opt.apply_lr_mult, device=device,

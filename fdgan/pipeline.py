@@ -68,6 +68,7 @@ class TrainConfig(RunConfig):
     lambda_sp: float = 1.0
     smooth_label: bool = False
     # Beyond the release.
+    gan_loss: str = "release"
     apply_lr_mult: bool = False
     resume: bool = False
     dry_run: bool = False
