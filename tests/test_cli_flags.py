@@ -124,3 +124,14 @@ def test_shared_flags_reach_both_configs():
         options.Options().parser.parse_args(["--compile-rescoring"])
     with pytest.raises(SystemExit):
         baseline.build_parser().parse_args(["--channels-last"])
+
+
+def test_gan_loss_flag_reaches_both_gan_losses():
+    from fdgan.model import FDGANModel
+    assert options.Options().parse([]).gan_loss == "release"
+    cfg = options.Options().parse(["--gan-loss", "logits", "--no-pretrained", "--arch", "resnet18", "--height", "32",
+                                   "--width", "32", "--pose-feature-size", "8", "--noise-feature-size", "8"])
+    model = FDGANModel.from_options(cfg)
+    assert model.criterion_gan_d.mode == model.criterion_gan_g.mode == "logits"
+    with pytest.raises(SystemExit):
+        options.Options().parser.parse_args(["--gan-loss", "sigmoid"])
