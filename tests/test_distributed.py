@@ -311,12 +311,11 @@ def _torchrun(args: list[str], timeout: int = 300) -> subprocess.CompletedProces
 
 
 def test_torchrun_baseline_cli_writes_release_files_once(synthetic_root, tmp_path):
-    # With --amp: the flag's way through the CLI (bf16 on CPU).
     logs = tmp_path / "logs"
     _torchrun(["baseline.py", "-d", "synthetic", "--data-dir", os.path.dirname(synthetic_root),
                "--logs-dir", str(logs), "-a", "resnet18", "--no-pretrained", "--height", str(H), "--width", str(W),
                "-b", "4", "-j", "0", "--epochs", "1", "--max-iters-per-epoch", "2", "--eval-step", "1",
-               "--rerank-topk", "5", "--augment", "none", "--no-progress", "--device", "cpu", "--amp"])
+               "--rerank-topk", "5", "--augment", "none", "--no-progress", "--device", "cpu"])
     ckpt = load_checkpoint(logs / "checkpoint.pth.tar")
     keys = list(ckpt["state_dict"])
     assert all(k.startswith("module.") and not k.startswith("module.module.") for k in keys)
