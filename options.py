@@ -1,4 +1,5 @@
-"""train.py's command-line options (spec section 9), translated into a :class:`TrainConfig`."""
+"""Command-line options: the run flags both CLIs share (:func:`add_run_flags`), and train.py's
+options (spec section 9) translated into a :class:`TrainConfig`."""
 from __future__ import annotations
 
 import argparse
@@ -7,12 +8,48 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from fdgan.losses import GAN_LOSS_MODES
 from fdgan.pipeline import TrainConfig
 from reid import datasets, models
+from reid.pipelines.run import RunConfig
 from reid.utils.argtypes import non_negative_int, positive_int
 from reid.utils.osutils import atomic_write_text
 
 _D = TrainConfig()
+_R = RunConfig()
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Add the flags of :class:`RunConfig` (shared by baseline.py and train.py) to ``p``."""
+    p.add_argument("-d", "--dataset", type=str, default=_R.dataset, choices=datasets.names())
+    p.add_argument("-j", "--workers", type=non_negative_int, default=_R.workers)
+    p.add_argument("--height", type=int, default=_R.height)
+    p.add_argument("--width", type=int, default=_R.width)
+    p.add_argument("--split", type=int, default=_R.split)
+    p.add_argument("--seed", type=int, default=_R.seed)
+    # Beyond the release.
+    p.add_argument("--num-val", type=float, default=_R.num_val,
+                   help="validation identities: a count, or a fraction if < 1 (dataset default)")
+    p.add_argument("--device", type=str, default=_R.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="random initialisation instead of ImageNet weights (train.py: stage 1 without "
+                        "--netE-pretrain; tests only)")
+    p.add_argument("--max-iters-per-epoch", type=positive_int, default=_R.max_iters_per_epoch,
+                   help="cap iterations (quick runs)")
+    p.add_argument("--protocol", type=str, default=_R.protocol, choices=["openreid", "official", "both"],
+                   help="query/gallery protocol of the test (spec section 7)")
+    p.add_argument("--rerank-topk", type=positive_int, default=_R.rerank_topk,
+                   help="second-stage candidates of the test (default: 100; baseline.py after training: 75)")
+    p.add_argument("--rerank", type=str, default=_R.rerank, choices=["none", "k-reciprocal"],
+                   help="also report k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3) of the first stage")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: BatchNorm statistics over all processes (SyncBatchNorm)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed-precision training: fp16 with loss scaling on CUDA, bf16 on CPU")
+    p.add_argument("--amp-dtype", type=str, default=_R.amp_dtype, choices=["fp16", "bf16"],
+                   help="with --amp: fp16 (CUDA default) or bf16 (the only type on CPU)")
 
 
 class Options:
@@ -22,7 +59,6 @@ class Options:
         p = argparse.ArgumentParser(description="FD-GAN Stages II and III (train.py --stage 1|2)")
         p.add_argument("--stage", type=int, default=_D.stage, choices=[1, 2],
                        help="1: GAN pre-training with E frozen (paper Stage II); 2: global fine-tuning (Stage III)")
-        p.add_argument("-d", "--dataset", type=str, default=_D.dataset, choices=datasets.names())
         p.add_argument("--dataroot", type=str, default=_D.dataroot, help="folder holding <dataset>/")
         p.add_argument("--checkpoints", type=str, default=_D.checkpoints, help="runs are saved in <checkpoints>/<name>")
         p.add_argument("--name", type=str, default=_D.name, help="name of the run")
@@ -41,9 +77,6 @@ class Options:
         p.add_argument("--noise-feature-size", type=int, default=_D.noise_feature_size)
         p.add_argument("--pose-aug", type=str, default=_D.pose_aug, choices=["no", "erase", "gauss"])
         p.add_argument("-b", "--batch-size", type=positive_int, default=_D.batch_size, help="pairs per batch")
-        p.add_argument("-j", "--workers", type=non_negative_int, default=_D.workers)
-        p.add_argument("--width", type=int, default=_D.width)
-        p.add_argument("--height", type=int, default=_D.height)
         p.add_argument("--niter", type=int, default=_D.niter, help="epochs at the initial learning rate")
         p.add_argument("--niter-decay", type=int, default=_D.niter_decay, help="epochs of linear decay to zero")
         p.add_argument("--lr", type=float, default=_D.lr)
@@ -63,33 +96,14 @@ class Options:
         p.add_argument("--lambda-sp", type=float, default=_D.lambda_sp)
         p.add_argument("--smooth-label", action="store_true", help="smoothed discriminator targets")
         # Beyond the release.
-        p.add_argument("--split", type=int, default=_D.split)
-        p.add_argument("--num-val", type=float, default=None, help="validation identities (dataset default)")
-        p.add_argument("--device", type=str, default=_D.device, help="auto, cpu, cuda or cuda:N")
-        p.add_argument("--no-pretrained", action="store_true",
-                       help="stage 1 without --netE-pretrain: random encoder (tests only)")
-        p.add_argument("--seed", type=int, default=_D.seed)
+        p.add_argument("--gan-loss", type=str, default=_D.gan_loss, choices=list(GAN_LOSS_MODES),
+                       help="GAN loss: release = sigmoid then BCE with PyTorch 0.3's epsilon (default); "
+                            "logits = BCE with logits")
         p.add_argument("--apply-lr-mult", action="store_true",
                        help="stage 2: apply the per-group lr multipliers the release defines but ignores")
-        p.add_argument("--max-iters-per-epoch", type=int, default=None, help="cap iterations (quick runs)")
         p.add_argument("--resume", action="store_true", help="continue <checkpoints>/<name>/latest.pth")
-        p.add_argument("--protocol", type=str, default=_D.protocol, choices=["openreid", "official", "both"])
-        p.add_argument("--rerank-topk", type=int, default=_D.rerank_topk, help="second-stage candidates in the test")
-        p.add_argument("--rerank", type=str, default=_D.rerank, choices=["none", "k-reciprocal"],
-                       help="final test: also report k-reciprocal re-ranking of the first stage")
-        p.add_argument("--compile-rescoring", action="store_true",
-                       help="second stage through a torch.compile kernel (for GPUs and many evaluations; compiling takes seconds)")
-        p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.add_argument("--dry-run", action="store_true", help="build data and networks, then stop")
-        p.add_argument("--sync-bn", action="store_true",
-                       help="under torchrun: BatchNorm statistics of G and Dp over all processes")
-        p.add_argument("--amp", action="store_true",
-                       help="mixed-precision training: fp16 with loss scaling on CUDA, bf16 on CPU")
-        p.add_argument("--amp-dtype", type=str, default=_D.amp_dtype, choices=["fp16", "bf16"],
-                       help="with --amp: fp16 (CUDA default) or bf16 (the only type on CPU)")
-        p.add_argument("--channels-last", action="store_true",
-                       help="channels-last memory format for images and weights")
+        add_run_flags(p)
         self.parser = p
 
     def parse(self, argv: Optional[Sequence[str]] = None) -> TrainConfig:

@@ -10,8 +10,8 @@ import sys
 
 from options import Options
 from reid.errors import FDGANError
+from reid.utils.distributed import launcher_rank
 from reid.utils.logging import setup_logging
-from reid.utils.runtime import launcher_rank
 
 
 def main(argv: list[str] | None = None) -> int:

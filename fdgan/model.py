@@ -21,7 +21,8 @@ from fdgan.utils.util import posemap2im, tensor2im
 from reid.errors import ConfigError
 from reid.models.loading import build_siamese
 from reid.utils.optim import fused_kwargs, load_optimizer_state
-from reid.utils.runtime import DistributedContext, MixedPrecision, convert_sync_batchnorm, resolve_mixed_precision
+from reid.utils.amp import MixedPrecision, resolve_mixed_precision
+from reid.utils.distributed import DistributedContext, convert_sync_batchnorm
 from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class FDGANModel:
         lr: base learning rate (see spec section 5 for each optimiser's share).
         lambda_recon, lambda_veri, lambda_sp: loss weights.
         smooth_label: smoothed discriminator targets (and rare target swaps).
+        gan_loss: the GAN losses' form (:class:`fdgan.losses.GANLoss` ``mode``): ``'release'`` or ``'logits'``.
         niter, niter_decay: epochs at the full rate, then epochs of linear decay.
         netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain: checkpoint files to start from.
         pretrained: ImageNet weights for E/Di backbones when no E file is given (stage 1 only).
@@ -71,7 +73,6 @@ class FDGANModel:
             loops over the parameters; the updates differ by rounding).
         device: where the networks live.
         mixed_precision: autocast settings of the step (``--amp``); fp16 uses ``self.scaler``.
-        channels_last: keep weights and image batches in the channels-last memory format.
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class FDGANModel:
         lambda_veri: float = 1.0,
         lambda_sp: float = 1.0,
         smooth_label: bool = False,
+        gan_loss: str = "release",
         niter: int = 50,
         niter_decay: int = 50,
         netE_pretrain: str = "",
@@ -104,7 +106,6 @@ class FDGANModel:
         fused_optimizers: bool = True,
         device: torch.device | str = "cpu",
         mixed_precision: Optional[MixedPrecision] = None,
-        channels_last: bool = False,
     ) -> None:
         if stage not in (1, 2):
             raise ConfigError(f"--stage {stage}: expected 1 (GAN pre-training) or 2 (global fine-tuning)")
@@ -141,37 +142,37 @@ class FDGANModel:
         else:
             for name, path in zip(NET_NAMES, (netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain)):
                 self.load_network(name, path)
-        self.channels_last = channels_last
         for name in NET_NAMES:
             self.net(name).to(self.device)
-            if channels_last:
-                self.net(name).to(memory_format=torch.channels_last)
         self.mixed_precision = mixed_precision if mixed_precision is not None else MixedPrecision()
         self.scaler = self.mixed_precision.grad_scaler()
         # Set by distribute(): averages the gradients of one optimiser over the processes.
         self._grad_sync: Optional[Callable[[Iterable[torch.Tensor]], None]] = None
 
-        self.criterion_gan_d = GANLoss(smooth=smooth_label).to(self.device)
-        self.criterion_gan_g = GANLoss(smooth=False).to(self.device)
+        self.criterion_gan_d = GANLoss(smooth=smooth_label, mode=gan_loss).to(self.device)
+        self.criterion_gan_g = GANLoss(smooth=False, mode=gan_loss).to(self.device)
         self._build_optimizers(lr, apply_lr_mult)
         self.schedulers = [get_scheduler(o, niter, niter_decay) for o in self.optimizers.values()]
         self.losses: "OrderedDict[str, float]" = OrderedDict((k, 0.0) for k in LOSS_NAMES)
 
     @classmethod
-    def from_options(cls, opt, device: torch.device | str = "cpu") -> "FDGANModel":
-        """Build from train.py's parsed options."""
+    def from_options(cls, opt, device: torch.device | str = "cpu",
+                     mixed_precision: Optional[MixedPrecision] = None) -> "FDGANModel":
+        """Build from train.py's settings (a :class:`fdgan.pipeline.TrainConfig`); ``mixed_precision``
+        defaults to what its ``amp`` / ``amp_dtype`` give on ``device``."""
         device = torch.device(device)
-        mixed_precision = resolve_mixed_precision(getattr(opt, "amp", False), getattr(opt, "amp_dtype", None), device)
+        if mixed_precision is None:
+            mixed_precision = resolve_mixed_precision(opt.amp, opt.amp_dtype, device)
         return cls(
             stage=opt.stage, arch=opt.arch, height=opt.height, width=opt.width,
             pose_feature_size=opt.pose_feature_size, noise_feature_size=opt.noise_feature_size,
             norm=opt.norm, drop=opt.drop, connect_layers=opt.connect_layers, fuse_mode=opt.fuse_mode,
             lr=opt.lr, lambda_recon=opt.lambda_recon, lambda_veri=opt.lambda_veri, lambda_sp=opt.lambda_sp,
-            smooth_label=opt.smooth_label, niter=opt.niter, niter_decay=opt.niter_decay,
+            smooth_label=opt.smooth_label, gan_loss=opt.gan_loss, niter=opt.niter, niter_decay=opt.niter_decay,
             netE_pretrain=opt.netE_pretrain, netG_pretrain=opt.netG_pretrain,
             netDi_pretrain=opt.netDi_pretrain, netDp_pretrain=opt.netDp_pretrain,
-            pretrained=not opt.no_pretrained, apply_lr_mult=opt.apply_lr_mult, device=device,
-            mixed_precision=mixed_precision, channels_last=getattr(opt, "channels_last", False),
+            pretrained=opt.pretrained, apply_lr_mult=opt.apply_lr_mult, device=device,
+            mixed_precision=mixed_precision,
         )
 
     # ------------------------------------------------------------------ set-up
@@ -264,10 +265,9 @@ class FDGANModel:
         noise = torch.randn(b, self.noise_feature_size)
         posemap2 = torch.where(pos.cpu(), first["posemap"], second["posemap"])
         target2 = torch.where(pos.cpu(), first["target"], second["target"])
-        fmt = torch.channels_last if self.channels_last else torch.preserve_format
-        self.origin = torch.cat([first["origin"], second["origin"]]).to(dev, memory_format=fmt)
-        self.target = torch.cat([first["target"], target2]).to(dev, memory_format=fmt)
-        self.posemap = torch.cat([first["posemap"], posemap2]).to(dev, memory_format=fmt)
+        self.origin = torch.cat([first["origin"], second["origin"]]).to(dev)
+        self.target = torch.cat([first["target"], target2]).to(dev)
+        self.posemap = torch.cat([first["posemap"], posemap2]).to(dev)
         self.noise = torch.cat([noise, noise]).view(2 * b, -1, 1, 1).to(dev)
         self.batch_pairs = b
 

@@ -61,23 +61,6 @@ def _resolve_norm(norm_layer: Optional[NormFactory]) -> NormFactory:
     return nn.Identity if norm_layer is None else norm_layer
 
 
-class LayoutIndependentDropout(nn.Dropout):
-    """``nn.Dropout`` that draws its mask in NCHW order whatever the input's memory format.
-
-    PyTorch draws the mask in the input's memory order, so a channels-last network would drop other
-    elements than the same network in the default layout, from the same random stream. Drawing it
-    in NCHW order keeps ``--channels-last`` to rounding differences; for an NCHW-contiguous input
-    this is ``nn.Dropout`` itself (on the CPU the two give the same mask bit for bit).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.is_contiguous():
-            return super().forward(x)
-        keep = 1.0 - self.p
-        mask = torch.empty(x.shape, dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
-        return x * mask
-
-
 class CustomPoseGenerator(nn.Module):
     """Pose-guided generator G: pose encoder, feature fusion, decoder with optional skips.
 
@@ -172,7 +155,7 @@ class CustomPoseGenerator(nn.Module):
                 nn.ReLU(),
                 nn.ConvTranspose2d(in_nc, out_nc, kernel_size=4, stride=2, padding=1, bias=use_bias),
                 norm_for(out_nc, single_value),
-                LayoutIndependentDropout(dropout),
+                nn.Dropout(dropout),
             )
 
         ngf = NGF
@@ -200,7 +183,7 @@ class CustomPoseGenerator(nn.Module):
             nn.ReLU(),
             nn.ConvTranspose2d(fused_nc, ngf * 8, kernel_size=bottleneck, bias=use_bias),
             norm_for(ngf * 8, bottleneck_is_single),
-            LayoutIndependentDropout(dropout),
+            nn.Dropout(dropout),
         )
         # At each decoder input the previous decoder output and the encoder output of the same
         # resolution have the same width (in units of ngf); a skip doubles it.

@@ -1,13 +1,11 @@
 """Stages II and III of the paper (``train.py --stage 1|2``): the training loop of spec section 5."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 from tqdm import tqdm
 
@@ -16,14 +14,15 @@ from fdgan.utils.visualizer import Visualizer
 from reid.errors import CheckpointError, FDGANError
 from reid.evaluation_metrics import format_results
 from reid.pipelines.common import evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results
+from reid.pipelines.run import RunConfig, TrainingRun
 from reid.utils.data.loaders import build_pose_pair_loader
-from reid.utils.data.sampler import DistributedRandomPairSampler
-from reid.utils.runtime import DistributedContext, get_rng_state, init_distributed, seed_everything, set_rng_state
-from reid.utils.serialization import load_checkpoint, save_checkpoint
+from reid.utils.serialization import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
 RESUME_FILE = "latest.pth"
+# Second-stage candidates of the final test when --rerank-topk is not given.
+DEFAULT_RERANK_TOPK = 100
 
 
 class NonFiniteLossError(FDGANError):
@@ -31,11 +30,10 @@ class NonFiniteLossError(FDGANError):
 
 
 @dataclass
-class TrainConfig:
-    """Settings of a Stage II/III run; names and defaults are train.py's flags (spec section 9)."""
+class TrainConfig(RunConfig):
+    """Settings of a Stage II/III run: the shared ones plus train.py's own flags (spec section 9)."""
 
     stage: int = 1
-    dataset: str = "market1501"
     dataroot: str = "./datasets/"
     checkpoints: str = "./checkpoints/"
     name: str = "FD-GAN"
@@ -52,9 +50,6 @@ class TrainConfig:
     noise_feature_size: int = 256
     pose_aug: str = "no"
     batch_size: int = 16
-    workers: int = 4
-    width: int = 128
-    height: int = 256
     niter: int = 50
     niter_decay: int = 50
     lr: float = 0.001
@@ -73,25 +68,10 @@ class TrainConfig:
     lambda_sp: float = 1.0
     smooth_label: bool = False
     # Beyond the release.
-    split: int = 0
-    num_val: Optional[float] = None
-    device: str = "auto"
-    no_pretrained: bool = False
-    seed: int = 1
+    gan_loss: str = "release"
     apply_lr_mult: bool = False
-    max_iters_per_epoch: Optional[int] = None
     resume: bool = False
-    protocol: str = "openreid"
-    rerank_topk: int = 100
-    deterministic: bool = False
-    no_progress: bool = False
     dry_run: bool = False
-    rerank: str = "none"
-    compile_rescoring: bool = False
-    sync_bn: bool = False
-    amp: bool = False
-    amp_dtype: Optional[str] = None
-    channels_last: bool = False
 
     @property
     def save_dir(self) -> str:
@@ -107,33 +87,22 @@ def run_training(cfg: TrainConfig) -> dict:
     processes return ``{}``).
     """
     check_pretrain_files(cfg.stage, cfg.netE_pretrain, cfg.netG_pretrain, cfg.netDi_pretrain, cfg.netDp_pretrain,
-                         pretrained=not cfg.no_pretrained)
+                         pretrained=cfg.pretrained)
     protocols = expand_protocols(cfg.protocol)
-    ctx = init_distributed(cfg.device)
-    try:
-        return _train(cfg, protocols, ctx)
-    finally:
-        ctx.close()
+    with TrainingRun(cfg) as run:
+        return _train(cfg, protocols, run)
 
 
-def _train(cfg: TrainConfig, protocols: list[str], ctx: DistributedContext) -> dict:
-    device = ctx.device
-    # Different seeds per process give different noise, dropout and augmentation; the networks'
-    # starting weights are rank 0's (FDGANModel.distribute).
-    seed_everything(cfg.seed + ctx.rank, cfg.deterministic)
+def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
+    device, ctx = run.device, run.dist
     dataset = load_dataset(cfg.dataset, cfg.dataroot, cfg.split, cfg.num_val, require_poses=True)
-    sampler = None
-    if ctx.enabled:
-        sampler = DistributedRandomPairSampler(dataset.trainval, 3, num_replicas=ctx.world_size, rank=ctx.rank,
-                                               batch_size=cfg.batch_size, seed=cfg.seed)
+    sampler = run.pair_sampler(dataset.trainval, 3, cfg.batch_size)
     loader = build_pose_pair_loader(
         dataset.trainval, dataset.trainval_pid2files, dataset.images_dir, dataset.poses_dir, cfg.height, cfg.width,
         cfg.batch_size, cfg.workers, pose_aug=cfg.pose_aug, pin_memory=device.type == "cuda",
         sampler=sampler, drop_last=False if sampler is not None else None,
     )
-    if cfg.sync_bn and not ctx.enabled:
-        logger.info("--sync-bn: a single process, nothing to synchronise")
-    model = FDGANModel.from_options(cfg, device=device)
+    model = FDGANModel.from_options(cfg, device=device, mixed_precision=run.mixed_precision)
     model.distribute(ctx, sync_bn=cfg.sync_bn)
     if cfg.dry_run:
         logger.info("Dry run: data and networks built; stopping before training")
@@ -145,9 +114,8 @@ def _train(cfg: TrainConfig, protocols: list[str], ctx: DistributedContext) -> d
             display_port=cfg.display_port, display_winsize=cfg.display_winsize,
             display_single_pane_ncols=cfg.display_single_pane_ncols, use_html=not cfg.no_html,
         )
-    progress = not cfg.no_progress and ctx.is_main
     eval_args = dict(height=cfg.height, width=cfg.width, batch_size=cfg.batch_size, workers=cfg.workers,
-                     device=device, progress=progress, compile_rescoring=cfg.compile_rescoring)
+                     device=device, progress=run.progress)
     # Samples per step over all processes (equal to -b in a single process).
     step_size = cfg.batch_size * ctx.world_size
     resume_path = os.path.join(cfg.save_dir, RESUME_FILE)
@@ -155,11 +123,7 @@ def _train(cfg: TrainConfig, protocols: list[str], ctx: DistributedContext) -> d
     if cfg.resume and os.path.isfile(resume_path):
         state = load_checkpoint(resume_path)
         model.load_state_dict(state["model"], source=resume_path)
-        per_rank = state.get("rng_per_rank")
-        if isinstance(per_rank, list) and len(per_rank) == ctx.world_size:
-            set_rng_state(per_rank[ctx.rank])
-        elif ctx.is_main:
-            set_rng_state(state["rng"])
+        run.restore_rng(state)
         start_epoch, total_steps, best_map = state["epoch"] + 1, state["total_steps"], state["best_map"]
         logger.info("Resumed %s: continuing at epoch %d", resume_path, start_epoch)
     elif cfg.resume:
@@ -172,15 +136,13 @@ def _train(cfg: TrainConfig, protocols: list[str], ctx: DistributedContext) -> d
         ctx.barrier()
 
     last_epoch = cfg.niter + cfg.niter_decay
-    for epoch in range(start_epoch, last_epoch + 1):
+    for epoch in run.epochs(start_epoch, last_epoch + 1, sampler):
         model.train_mode()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
         epoch_start, n_iters = time.time(), len(loader)
         if cfg.max_iters_per_epoch is not None:
             n_iters = min(n_iters, cfg.max_iters_per_epoch)
         bar = tqdm(total=n_iters, desc=f"Epoch {epoch}/{last_epoch}", leave=False, dynamic_ncols=True,
-                   disable=not progress)
+                   disable=not run.progress)
         for i, data in enumerate(loader):
             if i >= n_iters:
                 break
@@ -219,13 +181,8 @@ def _train(cfg: TrainConfig, protocols: list[str], ctx: DistributedContext) -> d
                 model.save(cfg.save_dir, "best")
                 logger.info("Epoch %d: new best validation mAP %.1f%%", epoch, 100 * val_map)
         model.update_learning_rate()
-        rng_states = ctx.all_gather_object(get_rng_state())  # also makes the others wait for rank 0
-        if ctx.is_main:
-            state = {"model": model.state_dict(), "epoch": epoch, "total_steps": total_steps,
-                     "best_map": best_map, "rng": rng_states[0], "config": _plain(cfg)}
-            if ctx.enabled:
-                state["rng_per_rank"] = rng_states
-            save_checkpoint(state, resume_path)
+        run.save_state({"model": model.state_dict(), "epoch": epoch, "total_steps": total_steps,
+                        "best_map": best_map}, resume_path)
 
     if cfg.stage != 2 or not ctx.is_main:
         return {}
@@ -233,8 +190,9 @@ def _train(cfg: TrainConfig, protocols: list[str], ctx: DistributedContext) -> d
     if not os.path.isfile(best_e):
         raise CheckpointError(f"{best_e}: no best encoder was saved (no evaluation epoch ran; check --eval-step)")
     model.load_network("E", best_e)
+    topk = cfg.rerank_topk if cfg.rerank_topk is not None else DEFAULT_RERANK_TOPK
     results = evaluate_on_test(model.net_E, dataset_name=cfg.dataset, data_dir=cfg.dataroot, split_id=cfg.split,
-                               protocols=protocols, rerank_topk=cfg.rerank_topk, num_val=cfg.num_val,
+                               protocols=protocols, rerank_topk=topk, num_val=cfg.num_val,
                                title="[test, best E] ", k_reciprocal=cfg.rerank == "k-reciprocal", **eval_args)
     for protocol, res in results.items():
         visualizer.log_reid(f"Test of the best encoder ({protocol} protocol):\n"
@@ -242,10 +200,7 @@ def _train(cfg: TrainConfig, protocols: list[str], ctx: DistributedContext) -> d
                             + format_results(res["second_stage"], "second stage"))
     out = os.path.join(cfg.save_dir, "results.json")
     write_results(out, results, checkpoint=os.path.abspath(best_e), dataset=cfg.dataset, split=cfg.split,
-                  rerank_topk=cfg.rerank_topk, best_val_mAP=best_map)
+                  rerank_topk=topk, best_val_mAP=best_map)
     logger.info("Metrics written to %s", out)
     return results
 
-
-def _plain(cfg: TrainConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}

@@ -13,7 +13,8 @@ from tqdm import tqdm
 from reid.errors import ConfigError, FDGANError
 from reid.evaluation_metrics import accuracy
 from reid.utils.meters import AverageMeter
-from reid.utils.runtime import DistributedContext, MixedPrecision
+from reid.utils.amp import MixedPrecision
+from reid.utils.distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ class BaseTrainer:
         criterion: the loss.
         device: where inputs go.
         mixed_precision: autocast settings (``--amp``); fp16 steps use a GradScaler (``self.scaler``).
-        channels_last: move image batches to the channels-last memory format.
         dist: the torchrun context; with several processes the logged loss and accuracy are the
             means over all processes (which also stop together on a non-finite loss).
     """
@@ -41,7 +41,6 @@ class BaseTrainer:
         criterion: nn.Module,
         device: torch.device | str = "cpu",
         mixed_precision: Optional[MixedPrecision] = None,
-        channels_last: bool = False,
         dist: Optional[DistributedContext] = None,
     ) -> None:
         self.model = model
@@ -49,7 +48,6 @@ class BaseTrainer:
         self.device = device
         self.mixed_precision = mixed_precision if mixed_precision is not None else MixedPrecision()
         self.scaler = self.mixed_precision.grad_scaler()
-        self.channels_last = channels_last
         self.dist = dist if dist is not None else DistributedContext()
 
     def train(
@@ -101,11 +99,6 @@ class BaseTrainer:
         values = self.dist.mean_values({"loss": loss.item(), "prec": prec})
         return values["loss"], values["prec"]
 
-    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            return images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
-        return images.to(self.device, non_blocking=True)
-
     def _parse_data(self, inputs):  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -119,7 +112,7 @@ class SiameseTrainer(BaseTrainer):
     def _parse_data(self, inputs):
         (imgs1, _, pids1, _), (imgs2, _, pids2, _) = inputs
         targets = (pids1 == pids2).long().to(self.device)
-        return (self._to_device(imgs1), self._to_device(imgs2)), targets
+        return (imgs1.to(self.device, non_blocking=True), imgs2.to(self.device, non_blocking=True)), targets
 
     def _forward(self, inputs, targets):
         _, _, logits = self.model(*inputs)

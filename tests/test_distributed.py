@@ -1,13 +1,16 @@
 """torchrun support on CPU (gloo, loopback): the distributed pair sampler; 2 processes with B pairs
 each equal 1 process with the 2B pairs for two Stage I steps (SiameseNet + SGD through DDP) and a
-Stage II FDGANModel step (train.py --stage 1), both with --sync-bn (every BatchNorm that trains is
-synchronised, so the equality covers whole networks); both CLIs under ``torchrun --nproc_per_node 2``.
+Stage II FDGANModel step (train.py --stage 1); both CLIs under ``torchrun --nproc_per_node 2``;
+``--sync-bn`` (PyTorch's SyncBatchNorm, CUDA only) refused on CPU with a one-line error.
+
+For the equality no layer may mix the samples of a batch while it trains: each process's BatchNorm
+statistics would be those of its half. So the Stage I network has no BatchNorm (an identity in its
+place) and G and Dp use instance normalisation; E's and Di's BatchNorm layers are frozen in
+Stage II. One check shows the test would notice BatchNorm statistics of half batches.
 
 The equality runs in float64: in float32 the rounding of a different summation order alone moves
 the weights by up to ~2e-4 after two steps of these tiny random networks (measured by permuting the
-pairs of a batch in one process), which would hide a real error. Without --sync-bn the per-process
-BatchNorm statistics differ from the combined batch's, so the 2-process result is a different
-(equally valid) computation; one check shows the test would notice.
+pairs of a batch in one process), which would hide a real error.
 """
 import hashlib
 import json
@@ -29,9 +32,9 @@ from reid.errors import ConfigError
 from reid.pipelines.baseline import freeze_unused_fc
 from reid.pipelines.common import build_siamese
 from reid.trainers import SiameseTrainer
-from reid.utils import runtime
+from reid.utils import distributed
 from reid.utils.data.sampler import DistributedRandomPairSampler, RandomPairSampler
-from reid.utils.runtime import DistributedContext, convert_sync_batchnorm, init_distributed
+from reid.utils.distributed import DistributedContext, convert_sync_batchnorm, init_distributed
 from reid.utils.serialization import copy_state_dict, load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +42,8 @@ H, W = 32, 32  # the smallest size G accepts: the float64 steps stay fast
 PAIRS = 4  # pairs per process; the single process takes 2 * PAIRS
 FDGAN = dict(arch="resnet18", height=H, width=W, pose_feature_size=8, noise_feature_size=8, lr=0.01, drop=0.0,
              pretrained=False)
+# G and Dp normalise each sample on its own, so the 2-process step is the 1-process one.
+FDGAN_STEP = dict(FDGAN, norm="instance")
 # float64 in a different summation order (2 partial batches, then an all-reduce).
 RTOL, ATOL = 1e-9, 1e-11
 
@@ -144,16 +149,26 @@ def _share(t, ctx):
     return t[lo:hi]
 
 
-def _stage1_steps(ctx: DistributedContext, inputs: dict, sync_bn: bool = True) -> dict:
+def _without_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm layer replaced by an identity."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, nn.Identity())
+        else:
+            _without_batchnorm(child)
+    return module
+
+
+def _stage1_steps(ctx: DistributedContext, inputs: dict, batchnorm: bool = False) -> dict:
     """Two SGD steps of the Stage I trainer; returns the weights and buffers."""
     torch.manual_seed(0)
     net = build_siamese("resnet18", pretrained=False, num_classes=2)
+    if not batchnorm:
+        _without_batchnorm(net)
     with torch.no_grad():  # a larger head than the release's N(0, 0.001) so the loss depends on the features
         net.embed_model.classifier.weight.normal_(0, 0.1)
     if ctx.enabled:
         freeze_unused_fc(net)
-        if sync_bn:
-            net = convert_sync_batchnorm(net, ctx.device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     trainer = SiameseTrainer(ctx.wrap(net), nn.CrossEntropyLoss(), dist=ctx)
     loader = [[(_share(x1, ctx), None, _share(p1, ctx), None), (_share(x2, ctx), None, _share(p2, ctx), None)]
@@ -163,14 +178,14 @@ def _stage1_steps(ctx: DistributedContext, inputs: dict, sync_bn: bool = True) -
 
 
 def _fdgan_step(ctx: DistributedContext, inputs: dict) -> dict:
-    """One Stage II FDGANModel iteration (Di, Dp, G updates) with --sync-bn; returns losses and weights.
+    """One Stage II FDGANModel iteration (Di, Dp, G updates); returns the losses and weights.
 
     Stage III runs the same synchronisation (one all-reduce per optimiser, over all its groups,
     E's included); it is left out to keep the test fast.
     """
     torch.manual_seed(1)
-    model = FDGANModel(stage=1, **FDGAN)
-    model.distribute(ctx, sync_bn=True)
+    model = FDGANModel(stage=1, **FDGAN_STEP)
+    model.distribute(ctx)
     model.train_mode()
     first, second = inputs["fdgan"]
     model.set_input([{k: _share(v, ctx) for k, v in first.items()}, {k: _share(v, ctx) for k, v in second.items()}])
@@ -221,32 +236,34 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
-    runtime._BUCKET_ELEMENTS = 1 << 20  # several all-reduce buckets per optimiser (G: 14M parameters)
+    distributed._BUCKET_ELEMENTS = 1 << 20  # several all-reduce buckets per optimiser (G: 14M parameters)
     ctx = init_distributed("cpu")
     try:
         assert ctx.enabled and ctx.world_size == world and ctx.device.type == "cpu"
         inputs = _inputs()
         runs = {
             "stage1": _stage1_steps(ctx, inputs),
-            "stage1_no_sync_bn": _stage1_steps(ctx, inputs, sync_bn=False),
+            "stage1_batchnorm": _stage1_steps(ctx, inputs, batchnorm=True),
             "fdgan1": _fdgan_step(ctx, inputs),
         }
         digests = ctx.all_gather_object({k: _digest(_flat(v)) for k, v in runs.items()})
         # The same steps in one process on the combined batches: rank 0 runs Stage I, rank 1 the
         # FDGAN step (the digests show both ranks hold the same weights, so either can compare).
         one = DistributedContext()
-        mine = ("stage1", "stage1_no_sync_bn") if ctx.is_main else ("fdgan1",)
-        single = _stage1_steps(one, inputs) if ctx.is_main else _fdgan_step(one, inputs)
+        if ctx.is_main:
+            singles = {"stage1": _stage1_steps(one, inputs), "stage1_batchnorm": _stage1_steps(one, inputs, True)}
+        else:
+            singles = {"fdgan1": _fdgan_step(one, inputs)}
         summary = {}
-        for key in mine:
+        for key, single in singles.items():
             ratio, worst = _deviation(_flat(runs[key]), _flat(single))
             values = "metrics" if key.startswith("stage1") else "errors"
             summary[key] = {"ranks_identical": digests[0][key] == digests[1][key], "ratio": ratio,
                             "max_abs": worst, "dist": runs[key][values], "single": single[values]}
         if ctx.is_main:
             torch.manual_seed(0)
-            start = build_siamese("resnet18", pretrained=False, num_classes=2).state_dict()
-            summary["moved"] = max((single["state"][k] - v).abs().max().item()
+            start = _without_batchnorm(build_siamese("resnet18", pretrained=False, num_classes=2)).state_dict()
+            summary["moved"] = max((singles["stage1"]["state"][k] - v).abs().max().item()
                                    for k, v in start.items() if v.is_floating_point() and "classifier" not in k)
         parts = ctx.all_gather_object(summary)
         if ctx.is_main:
@@ -272,12 +289,12 @@ def test_stage1_ddp_steps_equal_one_process_with_the_combined_batch(summary):
     assert summary["moved"] > 1e-3  # the steps changed the weights far beyond the tolerance
     for key in ("loss", "prec"):
         assert run["dist"][key] == pytest.approx(run["single"][key], rel=1e-9)
-    # Without --sync-bn each process normalises its own half: the comparison would notice.
-    assert summary["stage1_no_sync_bn"]["max_abs"] > 1e-4
+    # With BatchNorm each process normalises its own half: the comparison would notice.
+    assert summary["stage1_batchnorm"]["max_abs"] > 1e-4
 
 
 @pytest.mark.slow
-def test_stage2_fdgan_step_with_sync_bn_equals_one_process_with_the_combined_batch(summary):
+def test_stage2_fdgan_step_equals_one_process_with_the_combined_batch(summary):
     run = summary["fdgan1"]
     assert run["ranks_identical"]
     assert run["ratio"] <= 1.0, run  # E, G, Di and Dp: every weight and buffer
@@ -298,13 +315,11 @@ def _torchrun(args: list[str], timeout: float = scaled_timeout(300)) -> subproce
 
 @pytest.mark.slow
 def test_torchrun_baseline_cli_writes_release_files_once(synthetic_root, tmp_path):
-    # With --sync-bn --amp --channels-last: the flags' way through the CLI (bf16 on CPU).
     logs = tmp_path / "logs"
     _torchrun(["baseline.py", "-d", "synthetic", "--data-dir", os.path.dirname(synthetic_root),
                "--logs-dir", str(logs), "-a", "resnet18", "--no-pretrained", "--height", str(H), "--width", str(W),
                "-b", "4", "-j", "0", "--epochs", "1", "--max-iters-per-epoch", "2", "--eval-step", "1",
-               "--rerank-topk", "5", "--augment", "none", "--no-progress", "--device", "cpu", "--sync-bn", "--amp",
-               "--channels-last"])
+               "--rerank-topk", "5", "--augment", "none", "--no-progress", "--device", "cpu"])
     ckpt = load_checkpoint(logs / "checkpoint.pth.tar")
     keys = list(ckpt["state_dict"])
     assert all(k.startswith("module.") and not k.startswith("module.module.") for k in keys)
@@ -323,8 +338,8 @@ def test_torchrun_train_cli_saves_release_files_once(synthetic_root, tmp_path):
                "--arch", "resnet18", "--height", str(H), "--width", str(W), "--pose-feature-size", "8",
                "--noise-feature-size", "8", "-b", "2", "-j", "0", "--niter", "1", "--niter-decay", "0",
                "--max-iters-per-epoch", "2", "--save-step", "1", "--display-id", "0", "--print-freq", "4",
-               "--display-freq", "4", "--update-html-freq", "4", "--no-progress", "--device", "cpu", "--sync-bn",
-               "--amp", "--amp-dtype", "bf16", "--channels-last"])
+               "--display-freq", "4", "--update-html-freq", "4", "--no-progress", "--device", "cpu",
+               "--amp", "--amp-dtype", "bf16"])
     run = tmp_path / "ddp"
     plain = FDGANModel(stage=1, **FDGAN)
     for name in NET_NAMES:
@@ -336,5 +351,22 @@ def test_torchrun_train_cli_saves_release_files_once(synthetic_root, tmp_path):
     latest = load_checkpoint(run / "latest.pth")
     assert latest["total_steps"] == 8 and len(latest["rng_per_rank"]) == 2
     opt = (run / "opt.txt").read_text()
-    assert "sync_bn: True" in opt and "amp_dtype: bf16" in opt and "channels_last: True" in opt
+    assert "amp: True" in opt and "amp_dtype: bf16" in opt
     assert len(list((run / "web" / "images").glob("epoch001_*.png"))) == 4
+
+
+def test_sync_bn_on_cpu_is_refused_with_one_line(synthetic_root, tmp_path):
+    import baseline
+    import train
+    message = "--sync-bn: PyTorch's SyncBatchNorm needs CUDA processes; this run uses cpu (drop --sync-bn)"
+    with pytest.raises(ConfigError) as err:
+        convert_sync_batchnorm(nn.BatchNorm2d(3), torch.device("cpu"))
+    assert str(err.value) == message
+    data = os.path.dirname(synthetic_root)
+    assert baseline.main(["-d", "synthetic", "--data-dir", data, "--logs-dir", str(tmp_path / "b"), "--device", "cpu",
+                          "--sync-bn"]) == 2
+    assert train.main(["--stage", "1", "--no-pretrained", "-d", "synthetic", "--dataroot", data, "--checkpoints",
+                       str(tmp_path), "--name", "t", "--device", "cpu", "--sync-bn"]) == 2
+    for log in (tmp_path / "b" / "log.txt", tmp_path / "t" / "train_log.txt"):
+        said = [line for line in log.read_text().splitlines() if "--sync-bn" in line and "Command" not in line]
+        assert len(said) == 1 and said[0].endswith(f"error: {message}"), (log, said)

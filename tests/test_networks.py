@@ -11,7 +11,6 @@ from torch import nn
 from fdgan.losses import FLIP_PROBABILITY, GANLoss
 from fdgan.networks import (
     CustomPoseGenerator,
-    LayoutIndependentDropout,
     NLayerDiscriminator,
     get_norm_layer,
     get_scheduler,
@@ -110,45 +109,6 @@ def test_generator_128x64_with_resnet18_features() -> None:
     assert net.en_avg[1].kernel_size == (4, 2) and net.de_avg[1].kernel_size == (4, 2)
     out = net(torch.rand(2, 18, 128, 64), torch.rand(2, 512, 1, 1), torch.randn(2, 256, 1, 1))
     assert out.shape == (2, 3, 128, 64)
-
-
-def test_dropout_mask_is_drawn_in_nchw_order_in_either_layout() -> None:
-    x = torch.randn(3, 8, 5, 4)
-    drop = LayoutIndependentDropout(0.3)
-    torch.manual_seed(7)
-    expected = nn.Dropout(0.3)(x)
-    after_expected = torch.rand(1)
-    for layout in (torch.contiguous_format, torch.channels_last):
-        torch.manual_seed(7)
-        out = drop(x.contiguous(memory_format=layout))
-        assert torch.equal(out, expected), layout
-        assert torch.equal(torch.rand(1), after_expected), layout  # as many random numbers drawn
-    # By hand: 1/(1 - p) where kept, 0 where dropped, about 30 % dropped.
-    ratio = expected / x
-    kept = ratio != 0
-    assert torch.allclose(ratio[kept], torch.full_like(ratio[kept], 1 / 0.7))
-    assert 0.15 < 1 - kept.float().mean().item() < 0.45
-    # PyTorch's own dropout draws a channels-last input's mask in memory order: other elements.
-    torch.manual_seed(7)
-    assert not torch.equal(nn.Dropout(0.3)(x.contiguous(memory_format=torch.channels_last)), expected)
-    drop.eval()
-    assert torch.equal(drop(x), x)
-
-
-def test_channels_last_generator_with_dropout_gives_the_default_layouts_image() -> None:
-    torch.manual_seed(0)
-    net = CustomPoseGenerator(reid_feature_nc=64, pose_feature_nc=16, noise_nc=8, height=64, width=32, dropout=0.5)
-    last = CustomPoseGenerator(reid_feature_nc=64, pose_feature_nc=16, noise_nc=8, height=64, width=32, dropout=0.5)
-    last.load_state_dict(net.state_dict())
-    last.to(memory_format=torch.channels_last)
-    args = (torch.rand(4, 18, 64, 32), torch.rand(4, 64, 1, 1), torch.randn(4, 8, 1, 1))
-    torch.manual_seed(3)
-    expected = net(*args)
-    torch.manual_seed(3)
-    out = last(args[0].contiguous(memory_format=torch.channels_last), *args[1:])
-    assert expected.abs().mean() > 0.05
-    # Rounding of the other kernel order, amplified by BatchNorm on 4 images (other masks: ~1).
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("connect_layers,table", [

@@ -1,6 +1,4 @@
 """Fused optimiser kernels: same updates as PyTorch's per-parameter loop, kept across resumes."""
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -97,28 +95,3 @@ def test_a_state_of_another_shape_is_still_refused():
     _train(net, single_group, range(1))
     with pytest.raises(ValueError, match="parameter groups"):
         load_optimizer_state(_sgd(_net(), fused=True), single_group.state_dict())
-
-
-@pytest.mark.parametrize("make", [_sgd, _adam])
-def test_resuming_in_the_other_memory_layout_gives_the_same_updates(make):
-    # A contiguous run's state resumed by a channels-last run (and the reverse): the fused kernels
-    # combine a weight and its moments in memory order, so the moments must take the weight's layout.
-    for saved_layout, resumed_layout in ((torch.contiguous_format, torch.channels_last),
-                                         (torch.channels_last, torch.contiguous_format)):
-        net = _net().to(memory_format=saved_layout)
-        opt = make(net, fused=True)
-        _train(net, opt, range(2))
-        saved = copy.deepcopy(opt.state_dict())
-        weights = {k: v.clone() for k, v in net.state_dict().items()}
-        _train(net, opt, range(2, 4))  # the uninterrupted run
-
-        resumed = _net().to(memory_format=resumed_layout)
-        resumed.load_state_dict(weights)
-        resumed_opt = make(resumed, fused=True)
-        load_optimizer_state(resumed_opt, saved)
-        conv = resumed[0].weight
-        for value in resumed_opt.state[conv].values():
-            if value.shape == conv.shape:
-                assert value.stride() == conv.stride()
-        _train(resumed, resumed_opt, range(2, 4))
-        torch.testing.assert_close(_params(resumed), _params(net), rtol=1e-5, atol=1e-6)

@@ -156,7 +156,7 @@ def test_stage2_resume_equals_uninterrupted_run(root, monkeypatch):
                      "--save-step", "3", "--display-id", "0", "--no_html", "--deterministic"]
     assert train.main(common + ["--name", "full"]) == 0
 
-    import fdgan.pipeline as pipeline
+    import reid.pipelines.run as pipeline  # the training-run skeleton writes the resume file
     real_save = pipeline.save_checkpoint
 
     def save_then_stop(*args, **kwargs):

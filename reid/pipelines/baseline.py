@@ -1,11 +1,9 @@
 """Stage I (paper) / ``baseline.py``: train and evaluate the Siamese re-ID baseline (spec section 6)."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -14,29 +12,21 @@ from reid.errors import CheckpointError, ConfigError
 from reid.pipelines.common import (
     build_siamese, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results,
 )
+from reid.pipelines.run import RunConfig, TrainingRun
 from reid.trainers import SiameseTrainer
 from reid.utils.data.loaders import build_pair_loader
-from reid.utils.data.sampler import DistributedRandomPairSampler
+from reid.utils.distributed import convert_sync_batchnorm
 from reid.utils.optim import fused_kwargs, load_optimizer_state
-from reid.utils.runtime import (
-    DistributedContext, convert_sync_batchnorm, get_rng_state, init_distributed, resolve_mixed_precision,
-    seed_everything, set_rng_state,
-)
-from reid.utils.serialization import copy_state_dict, load_checkpoint, save_checkpoint
+from reid.utils.serialization import copy_state_dict, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class BaselineConfig:
-    """Settings of a Stage I run; field names and defaults follow baseline.py's flags (spec section 9)."""
+class BaselineConfig(RunConfig):
+    """Settings of a Stage I run: the shared ones plus baseline.py's own flags (spec section 9)."""
 
-    dataset: str = "market1501"
     batch_size: int = 256
-    workers: int = 4
-    split: int = 0
-    height: int = 256
-    width: int = 128
     combine_trainval: bool = False
     arch: str = "resnet50"
     lr: float = 0.01
@@ -48,24 +38,9 @@ class BaselineConfig:
     evaluate: bool = False
     epochs: int = 50
     eval_step: int = 20
-    seed: int = 1
     data_dir: str = "./datasets"
     logs_dir: str = "./checkpoints"
-    pretrained: bool = True
-    device: str = "auto"
-    protocol: str = "openreid"
-    rerank_topk: Optional[int] = None
-    num_val: Optional[float] = None
-    max_iters_per_epoch: Optional[int] = None
-    deterministic: bool = False
     augment: str = "release"
-    rerank: str = "none"
-    compile_rescoring: bool = False
-    progress: bool = True
-    sync_bn: bool = False
-    amp: bool = False
-    amp_dtype: Optional[str] = None
-    channels_last: bool = False
 
 
 def with_module_prefix(model: nn.Module) -> dict:
@@ -94,25 +69,18 @@ def run_baseline(cfg: BaselineConfig) -> dict:
     if cfg.evaluate and not cfg.resume:
         raise ConfigError("--evaluate needs --resume PATH of the checkpoint to evaluate")
     protocols = expand_protocols(cfg.protocol)
-    ctx = init_distributed(cfg.device)
-    try:
-        return _run(cfg, protocols, ctx)
-    finally:
-        ctx.close()
+    with TrainingRun(cfg) as run:
+        return _run(cfg, protocols, run)
 
 
-def _run(cfg: BaselineConfig, protocols: list[str], ctx: DistributedContext) -> dict:
-    device = ctx.device
-    mixed_precision = resolve_mixed_precision(cfg.amp, cfg.amp_dtype, device)
-    # Different seeds per process give different augmentations; DDP copies rank 0's weights.
-    seed_everything(cfg.seed + ctx.rank, cfg.deterministic)
+def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
+    device, ctx = run.device, run.dist
     dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.num_val, protocol=protocols[0])
     model = build_siamese(cfg.arch, pretrained=cfg.pretrained and not cfg.resume, num_classes=2).to(device)
-    progress = cfg.progress and ctx.is_main
     eval_kwargs = dict(dataset_name=cfg.dataset, data_dir=cfg.data_dir, split_id=cfg.split, protocols=protocols,
                        height=cfg.height, width=cfg.width, batch_size=cfg.batch_size, workers=cfg.workers,
-                       device=device, num_val=cfg.num_val, progress=progress,
-                       k_reciprocal=cfg.rerank == "k-reciprocal", compile_rescoring=cfg.compile_rescoring)
+                       device=device, num_val=cfg.num_val, progress=run.progress,
+                       k_reciprocal=cfg.rerank == "k-reciprocal")
 
     if cfg.evaluate:
         if not ctx.is_main:
@@ -128,22 +96,15 @@ def _run(cfg: BaselineConfig, protocols: list[str], ctx: DistributedContext) -> 
         return results
 
     train_items = dataset.trainval if cfg.combine_trainval else dataset.train
-    sampler = None
-    if ctx.enabled:
-        sampler = DistributedRandomPairSampler(train_items, cfg.np_ratio, num_replicas=ctx.world_size,
-                                               rank=ctx.rank, batch_size=cfg.batch_size, seed=cfg.seed)
+    sampler = run.pair_sampler(train_items, cfg.np_ratio, cfg.batch_size)
     train_loader = build_pair_loader(train_items, dataset.images_dir, cfg.height, cfg.width, cfg.batch_size,
                                      cfg.workers, np_ratio=cfg.np_ratio, pin_memory=device.type == "cuda",
                                      augment=cfg.augment, sampler=sampler,
                                      drop_last=False if sampler is not None else None)
-    if cfg.sync_bn and not ctx.enabled:
-        logger.info("--sync-bn: a single process, nothing to synchronise")
     if ctx.enabled:
         freeze_unused_fc(model)
         if cfg.sync_bn:
             model = convert_sync_batchnorm(model, device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     param_groups = [
         {"params": model.base_model.parameters(), "lr_mult": 1.0},
         {"params": model.embed_model.parameters(), "lr_mult": 1.0},
@@ -152,50 +113,35 @@ def _run(cfg: BaselineConfig, protocols: list[str], ctx: DistributedContext) -> 
                                 **fused_kwargs(device))
     # DDP wraps the same modules, so ``model`` below is what evaluation and checkpoints use.
     trainer = SiameseTrainer(ctx.wrap(model), nn.CrossEntropyLoss().to(device), device=device,
-                             mixed_precision=mixed_precision, channels_last=cfg.channels_last, dist=ctx)
-    scaler = trainer.scaler
+                             mixed_precision=run.mixed_precision, dist=ctx)
 
     start_epoch, best_map = 0, -1.0
     ckpt_path = os.path.join(cfg.logs_dir, "checkpoint.pth.tar")
     best_path = os.path.join(cfg.logs_dir, "model_best.pth.tar")
     if cfg.resume:
-        start_epoch, best_map = _resume(cfg.resume, model, optimizer, scaler, ctx)
+        start_epoch, best_map = _resume(cfg.resume, model, optimizer, trainer.scaler, run)
         if start_epoch >= cfg.epochs:
             logger.info("%s already finished %d epochs; going straight to the final test", cfg.resume, cfg.epochs)
 
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in run.epochs(start_epoch, cfg.epochs, sampler):
         lr = cfg.lr * (0.1 ** (epoch // cfg.step_size))
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        trainer.train(epoch, train_loader, optimizer, max_iters=cfg.max_iters_per_epoch, progress=progress)
+        trainer.train(epoch, train_loader, optimizer, max_iters=cfg.max_iters_per_epoch, progress=run.progress)
         is_best = False
         if (epoch % cfg.eval_step == 0 or epoch == cfg.epochs - 1) and ctx.is_main:
             val = evaluate_on_val(model, dataset, cfg.height, cfg.width, cfg.batch_size, cfg.workers,
-                                  rerank_topk=75, device=device, dataset_name=cfg.dataset,
-                                  progress=progress, compile_rescoring=cfg.compile_rescoring)
+                                  rerank_topk=75, device=device, dataset_name=cfg.dataset, progress=run.progress)
             val_map = val["second_stage"]["mAP"]
             is_best = val_map > best_map
             best_map = max(best_map, val_map)
             logger.info("Epoch %d: validation mAP %.1f%% (best %.1f%%)%s", epoch, 100 * val_map,
                         100 * best_map, " *" if is_best else "")
-        rng_states = ctx.all_gather_object(get_rng_state())  # also makes the others wait for rank 0
-        if not ctx.is_main:
-            continue
-        state = {
-            "state_dict": with_module_prefix(model),
-            "epoch": epoch,
-            "best_map": best_map,
-            "optimizer": optimizer.state_dict(),
-            "rng": rng_states[0],
-            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))},
-        }
-        if ctx.enabled:
-            state["rng_per_rank"] = rng_states
-        if scaler.is_enabled():
-            state["scaler"] = scaler.state_dict()
-        save_checkpoint(state, ckpt_path, is_best=is_best)
+        state = {"state_dict": with_module_prefix(model), "epoch": epoch, "best_map": best_map,
+                 "optimizer": optimizer.state_dict()}
+        if trainer.scaler.is_enabled():
+            state["scaler"] = trainer.scaler.state_dict()
+        run.save_state(state, ckpt_path, is_best=is_best)
 
     if not ctx.is_main:
         return {}
@@ -212,13 +158,9 @@ def _run(cfg: BaselineConfig, protocols: list[str], ctx: DistributedContext) -> 
 
 
 def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scaler: Optional["torch.amp.GradScaler"] = None,
-            ctx: Optional[DistributedContext] = None) -> tuple[int, float]:
-    """Load weights from ``path``; if it is a training state, also the optimiser, epoch, RNGs and
-    the fp16 loss scale. In a torchrun run each process restores its own RNG state when the file
-    holds one per process of the same count; otherwise rank 0 restores the saved one and the other
-    processes keep their fresh seeds."""
-    ctx = ctx if ctx is not None else DistributedContext()
+            scaler: "torch.amp.GradScaler", run: TrainingRun) -> tuple[int, float]:
+    """Load weights from ``path``; if it is a training state, also the optimiser, epoch, RNGs
+    (:meth:`TrainingRun.restore_rng`) and the fp16 loss scale."""
     checkpoint = load_checkpoint(path)
     copy_state_dict(checkpoint, model, source=path)
     if not (isinstance(checkpoint, dict) and "epoch" in checkpoint and "optimizer" in checkpoint):
@@ -228,12 +170,8 @@ def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
         load_optimizer_state(optimizer, checkpoint["optimizer"])
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: optimizer state does not fit this model ({e})") from None
-    per_rank = checkpoint.get("rng_per_rank")
-    if isinstance(per_rank, list) and len(per_rank) == ctx.world_size:
-        set_rng_state(per_rank[ctx.rank])
-    elif "rng" in checkpoint and ctx.is_main:
-        set_rng_state(checkpoint["rng"])
-    if scaler is not None and scaler.is_enabled() and "scaler" in checkpoint:
+    run.restore_rng(checkpoint)
+    if scaler.is_enabled() and "scaler" in checkpoint:
         scaler.load_state_dict(checkpoint["scaler"])
     epoch = int(checkpoint["epoch"]) + 1
     best = float(checkpoint.get("best_map", -1.0))

@@ -60,13 +60,11 @@ def evaluate_on_test(
     title: str = "",
     progress: bool = True,
     k_reciprocal: bool = False,
-    compile_rescoring: bool = False,
 ) -> dict:
     """Both cascade stages on query/gallery under each protocol; features are extracted once.
 
     With ``k_reciprocal`` the first-stage distances are also re-ranked with k-reciprocal
     encoding (Zhong et al. 2017; k1=20, k2=6, lambda=0.3) and reported as ``'k_reciprocal'``.
-    ``compile_rescoring`` scores the second stage with the compiled kernel.
 
     Returns ``{protocol: {'first_stage': metrics, 'second_stage': metrics[, 'k_reciprocal': metrics]}}``.
     """
@@ -76,7 +74,7 @@ def evaluate_on_test(
     loader = build_eval_loader(items, first.images_dir, height, width, batch_size, workers)
     base, embed = _unwrap(model).base_model, _unwrap(model).embed_model
     features = extract_features(base, loader, device, desc="Extract test features", progress=progress)
-    evaluator = CascadeEvaluator(base, embed, device=device, progress=progress, compile_rescoring=compile_rescoring)
+    evaluator = CascadeEvaluator(base, embed, device=device, progress=progress)
     results = {}
     for protocol, ds in loaded.items():
         qf = torch.stack([features[f] for f, _, _ in ds.query])
@@ -99,13 +97,11 @@ def evaluate_on_test(
 def evaluate_on_val(
     model: SiameseNet, dataset: Dataset, height: int, width: int, batch_size: int, workers: int,
     rerank_topk: int, device: torch.device, dataset_name: Optional[str] = None, progress: bool = True,
-    compile_rescoring: bool = False,
 ) -> dict:
     """Both cascade stages with the validation identities as query and gallery."""
     loader = build_eval_loader(dataset.val, dataset.images_dir, height, width, batch_size, workers)
     net = _unwrap(model)
-    evaluator = CascadeEvaluator(net.base_model, net.embed_model, device=device, progress=progress,
-                                 compile_rescoring=compile_rescoring)
+    evaluator = CascadeEvaluator(net.base_model, net.embed_model, device=device, progress=progress)
     return evaluator.evaluate(loader, dataset.val, dataset.val, rerank_topk=rerank_topk,
                               dataset=dataset_name, title="[validation] ")
 

@@ -25,11 +25,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     this process to them (a file written without fused kernels would silently slow it down, and one
     written with them could ask for a kernel this device lacks). The file decides the state
     (moments, step counts, learning rates); this process decides how to compute the update.
-
-    Per-parameter state is also given its parameter's memory layout: a file written by a run in the
-    default layout, resumed with ``--channels-last`` (or the reverse), would otherwise pair a
-    channels-last weight with NCHW moments, which the fused kernels combine element by element in
-    memory order, i.e. wrongly.
     """
     mine = optimizer.param_groups
     groups = state.get("param_groups")
@@ -38,9 +33,3 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
                   for saved, own in zip(groups, mine)]
         state = {**state, "param_groups": groups}
     optimizer.load_state_dict(state)
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            per_param = optimizer.state.get(p, {})
-            for key, value in per_param.items():
-                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
-                    per_param[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)

@@ -17,10 +17,7 @@ too) they start from the four networks of a stage 1 model saved from that file. 
   over the origins per update, target and fake share one batch, the origins need no gradient in
   G's step);
 * ours: the defaults: shared, G's step computes no gradients that no optimiser uses (Di's, Dp's,
-  and in stage 1 the frozen E's), and the optimisers use PyTorch's fused kernels;
-* ours+cl: ours with ``channels_last=True`` (``train.py --channels-last``): weights and images in
-  the channels-last memory format (dropout masks are drawn in NCHW order, so the numbers are
-  the default layout's up to rounding).
+  and in stage 1 the frozen E's), and the optimisers use PyTorch's fused kernels.
 
 The variants take turns step by step so machine load hits them alike. Two times are reported per
 variant, each the best of the timed steps: wall-clock seconds (images/s = 2 images per pair over
@@ -89,9 +86,7 @@ def make_stage1_checkpoint(arch: str, height: int, width: int, folder: str) -> s
 
 VARIANTS = {"release": dict(share_di_features=False, skip_unused_grads=False, fused_optimizers=False),
             "shared": dict(share_di_features=True, skip_unused_grads=False, fused_optimizers=False),
-            "ours": dict(share_di_features=True, skip_unused_grads=True, fused_optimizers=True),
-            "ours+cl": dict(share_di_features=True, skip_unused_grads=True, fused_optimizers=True,
-                            channels_last=True)}
+            "ours": dict(share_di_features=True, skip_unused_grads=True, fused_optimizers=True)}
 
 
 def build(arch: str, height: int, width: int, netE: str, stage: int = 1, **flags: bool) -> FDGANModel:
