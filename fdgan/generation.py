@@ -40,7 +40,7 @@ from reid.errors import CheckpointError, ConfigError, DatasetError
 from reid.feature_extraction import FeatureExtractor, load_backbone
 from reid.utils.data.images import read_image
 from reid.utils.data.pose import NUM_KEYPOINTS, read_pose_file
-from reid.utils.data.preprocessor import generate_pose_map
+from reid.utils.data.preprocessor import generate_pose_map, pose_sigma
 from reid.utils.data.transforms import RectScale
 from reid.utils.osutils import PathLike, mkdir_if_missing, write_json
 from reid.utils.runtime import resolve_device
@@ -517,7 +517,8 @@ class PoseTransfer:
             generator's configuration is read from them (:func:`infer_generator_config`).
         device: ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'auto'``.
         batch_size: images per generator forward pass.
-        sigma: standard deviation in pixels of the pose-map Gaussians (5, as in training).
+        sigma: standard deviation in pixels of the pose-map Gaussians; None: as in training
+            (:func:`reid.utils.data.preprocessor.pose_sigma` of G's height, 5 at 256 rows).
 
     Attributes:
         config: the generator's :class:`GeneratorConfig`.
@@ -531,14 +532,13 @@ class PoseTransfer:
     """
 
     def __init__(self, netE_path: PathLike, netG_path: PathLike, device: Union[str, torch.device] = "cpu",
-                 batch_size: int = 16, sigma: float = 5.0) -> None:
+                 batch_size: int = 16, sigma: Optional[float] = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1 (got {batch_size})")
-        if not sigma > 0:
+        if sigma is not None and not sigma > 0:
             raise ConfigError(f"--sigma must be > 0 (got {sigma})")
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.batch_size = batch_size
-        self.sigma = float(sigma)
 
         backbone = load_backbone(netE_path)
         g_source = os.fspath(netG_path)
@@ -554,6 +554,7 @@ class PoseTransfer:
         copy_state_dict(g_state, netG, strict=True, source=g_source)
         self.netG = netG.to(self.device).eval()
         self.height, self.width = self.config.height, self.config.width
+        self.sigma = pose_sigma(self.height) if sigma is None else float(sigma)
         self.extractor = FeatureExtractor(model=backbone, height=self.height, width=self.width,
                                           device=self.device, batch_size=batch_size)
 
@@ -754,7 +755,7 @@ def run_generation(
     pose_size: Optional[Size] = None,
     device: str = "cpu",
     batch_size: int = 16,
-    sigma: float = 5.0,
+    sigma: Optional[float] = None,
     estimator: Optional[PoseEstimator] = None,
 ) -> Dict[str, Any]:
     """Resolve sources and poses, generate every combination and write the outputs.
@@ -773,7 +774,7 @@ def run_generation(
         pose_size: (height, width) of pose files whose image is not found (``--pose-size``).
         device: ``--device``.
         batch_size: generator batch size (``--batch-size``).
-        sigma: pose-map Gaussian standard deviation (``--sigma``).
+        sigma: pose-map Gaussian standard deviation (``--sigma``); None: as in training.
         estimator: pose estimator for image targets (default :func:`estimate_pose`).
 
     Returns:

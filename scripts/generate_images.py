@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pose-size", default=None,
                    help="HxW pixel size that pose files refer to when their image is not found "
                         "(default: the generator size)")
-    p.add_argument("--sigma", type=float, default=5.0, help="pose-map Gaussian sigma in pixels (default: 5)")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="pose-map Gaussian sigma in pixels (default: as in training, 5 x height / 256)")
     p.add_argument("-b", "--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--output", default="demo_output/generated", help="output folder (default: demo_output/generated)")
