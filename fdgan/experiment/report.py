@@ -80,7 +80,7 @@ def verdicts(results: Dict[str, Any]) -> str:
     return "\n".join([
         f"Goal 1 (G beats both trivial predictors on L1 and SSIM): {yes[q1['goal_reached']]} "
         f"(last epoch L1 {last['L1']:.4f} vs best trivial {best:.4f}; SSIM {last['SSIM']:.4f})",
-        f"Goal 2 (the pose gap shrinks from Stage I to Stage III): {yes[q2['goal_reached']]} "
+        f"Goal 2 (the pose gap's size shrinks from Stage I to Stage III): {yes[q2['goal_reached']]} "
         f"(mAP gap {_signed(q2['mean']['Stage I']['gap']['mAP'])} -> {_signed(q2['mean']['Stage III']['gap']['mAP'])})",
         f"Goal 3 (Stage III's paired mAP gain exceeds the seed spread): {yes[q3['goal_reached']]} "
         f"(open-reid first stage: {_signed(main['diff_mean'])} mean difference; seed std "
