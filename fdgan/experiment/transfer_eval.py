@@ -84,8 +84,8 @@ def generate_pairs(transfer: PoseTransfer, dataset: Dataset, pairs: Sequence[Tra
     out = np.empty((len(pairs), h, w, 3))
     with torch.inference_mode():
         for start in range(0, len(pairs), transfer.batch_size):
-            sl = slice(start, start + transfer.batch_size)
-            n = len(range(len(pairs))[sl])
+            n = min(transfer.batch_size, len(pairs) - start)
+            sl = slice(start, start + n)
             fake = transfer.netG(maps[sl].to(transfer.device), features[sl].view(n, -1, 1, 1).to(transfer.device),
                                  noise[sl].view(n, -1, 1, 1).to(transfer.device)).float().cpu()
             for k in range(n):
