@@ -128,7 +128,8 @@ def test_tiny_experiment_writes_consistent_page_and_json(tmp_path):
     # The smallest sizes the stages take: 32 x 32 images (G's kernels need multiples of 32).
     rc = experiment.main(["--out", str(out), "--seeds", "1", "--num-ids", "12", "--num-cams", "2",
                           "--images-per-cam", "2", "--render-height", "64", "--render-width", "32",
-                          "--height", "32", "--width", "32", "--stage1-epochs", "1", "--gan-iters", "1", "--stage2-epochs", "2", "--stage3-epochs", "1",
+                          "--height", "32", "--width", "32", "--stage1-epochs", "1", "--gan-iters", "1",
+                          "--stage2-epochs", "2", "--stage3-epochs", "1",
                           "--workers", "0", "--pairs-per-id", "1", "--grid-rows", "3"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())

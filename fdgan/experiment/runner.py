@@ -231,7 +231,8 @@ def summarise(cfg: ExperimentConfig, q1: _Q1, reid: Dict[str, Dict[int, dict]], 
         "q2_pose_invariance": {"threshold_per_seed": {str(s): q2[s]["threshold"] for s in seeds},
                                "mean": parts, "per_seed": {str(s): {m: q2[s][m] for m in ("Stage I", "Stage III")}
                                                            for s in seeds},
-                               "goal_reached": bool(abs(parts["Stage III"]["gap"]["mAP"]) < abs(parts["Stage I"]["gap"]["mAP"]))},
+                               "goal_reached": bool(abs(parts["Stage III"]["gap"]["mAP"])
+                                                    < abs(parts["Stage I"]["gap"]["mAP"]))},
         "q3_reid": {"seeds": seeds, "rows": rows, "ablation": abl,
                     "goal_reached": bool(main_row["diff_mean"] > 0 and main_row["diff_mean"] > spread)},
         "timings_s": timings, "total_s": round(seconds, 1),
