@@ -6,7 +6,7 @@ STAMP := $(VENV)/.requirements-installed
 DATA ?= datasets
 DEMO_DIR ?= demo_output
 
-.PHONY: setup test demo bench synthetic clean setup-pose setup-browser poses
+.PHONY: setup test demo experiment bench synthetic clean setup-pose setup-browser poses
 
 setup: $(STAMP)
 
@@ -38,6 +38,12 @@ setup-browser:
 demo: setup
 	$(PY) scripts/demo.py --data-dir $(DATA) --out $(DEMO_DIR)
 
+# FD-GAN's claims measured on the synthetic data (docs/experiment.md); EXP_FLAGS for larger runs.
+EXP_DIR ?= experiment_output
+EXP_FLAGS ?=
+experiment: setup
+	$(PY) scripts/experiment.py --out $(EXP_DIR) $(EXP_FLAGS)
+
 synthetic: setup
 	$(PY) scripts/make_synthetic_dataset.py --root $(DATA)/synthetic
 
@@ -45,7 +51,7 @@ bench: setup
 	for b in scripts/bench/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) $(EXP_DIR) .pytest_cache
 
 # Pose estimator (scripts/generate_poses.py) in its own venv: mediapipe pins numpy<2 and
 # protobuf<5, which the torch venv must not inherit. requirements-pose.txt is a complete pinned

@@ -31,7 +31,7 @@ from reid.errors import ConfigError, DatasetError
 from reid.feature_extraction import FeatureExtractor
 from reid.models.loading import load_backbone
 from reid.utils.data.images import ImageInput, to_pil
-from reid.utils.data.preprocessor import generate_pose_map
+from reid.utils.data.preprocessor import generate_pose_map, pose_sigma
 from reid.utils.data.transforms import RectScale
 from reid.utils.osutils import PathLike
 from reid.utils.runtime import resolve_device
@@ -67,7 +67,8 @@ class PoseTransfer:
             (:func:`fdgan.loading.infer_generator_config`).
         device: ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'auto'``.
         batch_size: images per generator forward pass.
-        sigma: standard deviation in pixels of the pose-map Gaussians (5, as in training).
+        sigma: standard deviation in pixels of the pose-map Gaussians; None: as in training
+            (:func:`reid.utils.data.preprocessor.pose_sigma` of G's height, 5 at 256 rows).
 
     Attributes:
         config: the generator's :class:`fdgan.loading.GeneratorConfig`.
@@ -81,19 +82,19 @@ class PoseTransfer:
     """
 
     def __init__(self, netE_path: PathLike, netG_path: PathLike, device: Union[str, torch.device] = "cpu",
-                 batch_size: int = 16, sigma: float = 5.0) -> None:
+                 batch_size: int = 16, sigma: Optional[float] = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1 (got {batch_size})")
-        if not sigma > 0:
+        if sigma is not None and not sigma > 0:
             raise ConfigError(f"--sigma must be > 0 (got {sigma})")
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
         self.batch_size = batch_size
-        self.sigma = float(sigma)
 
         backbone = load_backbone(netE_path)
         netG, self.config = load_generator(netG_path, reid_feature_nc=backbone.out_features)
         self.netG = netG.to(self.device)
         self.height, self.width = self.config.height, self.config.width
+        self.sigma = pose_sigma(self.height) if sigma is None else float(sigma)
         self.extractor = FeatureExtractor(model=backbone, height=self.height, width=self.width,
                                           device=self.device, batch_size=batch_size)
 

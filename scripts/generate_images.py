@@ -60,7 +60,7 @@ def run_generation(
     pose_size: Optional[Size] = None,
     device: str = "cpu",
     batch_size: int = 16,
-    sigma: float = 5.0,
+    sigma: Optional[float] = None,
     estimator: Optional[PoseEstimator] = None,
 ) -> Dict[str, Any]:
     """Resolve sources and poses, generate every combination and write the outputs.
@@ -79,7 +79,7 @@ def run_generation(
         pose_size: (height, width) of pose files whose image is not found (``--pose-size``).
         device: ``--device``.
         batch_size: generator batch size (``--batch-size``).
-        sigma: pose-map Gaussian standard deviation (``--sigma``).
+        sigma: pose-map Gaussian standard deviation (``--sigma``); None: as in training.
         estimator: pose estimator for image targets (default
             :func:`fdgan.pose_targets.estimate_pose`).
 
@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pose-size", default=None,
                    help="HxW pixel size that pose files refer to when their image is not found "
                         "(default: the generator size)")
-    p.add_argument("--sigma", type=float, default=5.0, help="pose-map Gaussian sigma in pixels (default: 5)")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="pose-map Gaussian sigma in pixels (default: as in training, 5 x height / 256)")
     p.add_argument("-b", "--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--output", default="demo_output/generated", help="output folder (default: demo_output/generated)")

@@ -106,7 +106,7 @@ def nets(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, object]:
 
 @pytest.fixture(scope="module")
 def transfer(nets) -> PoseTransfer:
-    return PoseTransfer(nets["E_path"], nets["G_path"], batch_size=16)
+    return PoseTransfer(nets["E_path"], nets["G_path"], batch_size=16, sigma=5)
 
 
 def dataset_files(root: str, count: int) -> List[str]:
@@ -325,7 +325,7 @@ def test_generate_is_deterministic_per_seed(transfer: PoseTransfer, synthetic_ro
 def test_generate_add_fusion_skips_instance_norm(tmp_path: Path, nets, synthetic_root: str) -> None:
     fuse_mode, connect_layers, norm = "add", 2, "instance"
     g = make_generator(fuse_mode, connect_layers, norm, seed=5)
-    model = PoseTransfer(nets["E_path"], save_release(g, tmp_path / "G.pth"))
+    model = PoseTransfer(nets["E_path"], save_release(g, tmp_path / "G.pth"), sigma=5)
     assert (model.config.fuse_mode, model.config.connect_layers, model.config.norm) == (fuse_mode, connect_layers, norm)
     files = dataset_files(synthetic_root, 2)
     src = os.path.join(synthetic_root, "images", files[0])

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from reid.errors import ConfigError, DatasetError
 from reid.utils.data.pose import write_pose_file
-from reid.utils.data.preprocessor import Preprocessor, generate_pose_map
+from reid.utils.data.preprocessor import Preprocessor, generate_pose_map, pose_sigma
 from reid.utils.data.sampler import RandomPairSampler
 from reid.utils.data.transforms import build_test_transform
 
@@ -57,6 +57,8 @@ def data_root(tmp_path):
 
 
 def make_pose_preprocessor(root, dataset, **kwargs):
+    # These tests pin the release's maps at its sigma of 5 px; the default scales with the height.
+    kwargs.setdefault("sigma", 5)
     return Preprocessor(dataset, root=str(root / "images"), with_pose=True, pose_root=str(root / "poses"),
                         height=H, width=W, **kwargs)
 
@@ -386,3 +388,49 @@ def test_sampler_rejects_bad_configurations():
     torch.manual_seed(0)
     assert sorted(one_label) == [(0, 1), (1, 0)]
     assert len(RandomPairSampler([], 3)) == 0 and list(RandomPairSampler([], 3)) == []
+
+
+# ----------------------------------------------------------------------------- sigma scaling
+
+@pytest.mark.parametrize("height,width,sigma", [(256, 128, 5.0), (128, 64, 2.5), (64, 32, 1.25)])
+def test_default_sigma_scales_with_the_height(data_root, height, width, sigma):
+    # 5 px at 256 rows (the release), 5 * height / 256 elsewhere.
+    assert pose_sigma(height) == sigma
+    save_image(data_root, "t.png", constant(64, 32, (0, 0, 0)))
+    pose = np.full((18, 2), -1.0)
+    pose[0] = (0.0, 0.0)     # the corner: unchanged by the flip test below
+    pose[1] = (32.0, 16.0)   # the middle: (height / 2, width / 2)
+    write_pose_file(data_root / "poses" / "t.txt", pose)
+    pre = Preprocessor([("t.png", 1, 0)], root=str(data_root / "images"), with_pose=True,
+                       pose_root=str(data_root / "poses"), height=height, width=width)
+    assert pre.sigma == sigma
+    random.seed(0)
+    maps = pre[0]["posemap"].numpy()
+    if maps[0][0, 0] != 1.0:
+        maps = maps[..., ::-1]
+    np.testing.assert_allclose(maps[0], release_map(0, 0, height, width, sigma), atol=1e-6)
+    np.testing.assert_allclose(maps[1], release_map(height // 2, width // 2, height, width, sigma), atol=1e-6)
+    # The middle keypoint's map about 4 sigma below it, inside the kernel: exp(-d^2 / 2 sigma^2).
+    r, c, step = height // 2, width // 2, int(sigma * 4)
+    assert maps[1][r + step, c] == pytest.approx(np.exp(-0.5 * (step / sigma) ** 2), abs=1e-6)
+
+
+def test_pose_aug_gauss_scales_with_the_height(pair_fixture):
+    root, dataset, target, landmarks = pair_fixture
+    # 128 rows: sigma 2.5, and gauss draws from {2, 2.5, 3} (the release's {4, 5, 6} at 256 rows).
+    r, c = landmarks[0]
+    candidates = {s: release_map(r, c, H, W, s) for s in (2.0, 2.5, 3.0)}
+    pre = make_pose_preprocessor(root, dataset, pose_aug="gauss", sigma=None)
+    seen = Counter()
+    for seed in range(30):
+        random.seed(seed)
+        _, maps = split_flip(pre[0], target)
+        matches = [s for s, ref in candidates.items() if np.abs(maps[0] - ref).max() < 1e-6]
+        assert len(matches) == 1
+        seen[matches[0]] += 1
+    assert set(seen) == {2.0, 2.5, 3.0}
+
+
+def test_pose_sigma_rejects_a_non_positive_height():
+    with pytest.raises(ValueError):
+        pose_sigma(0)

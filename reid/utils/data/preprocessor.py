@@ -23,6 +23,11 @@ from reid.utils.data.transforms import RandomSizedEarser, RectScale, normalize
 from reid.utils.osutils import PathLike
 
 POSE_AUG_CHOICES = ("no", "gauss", "erase")
+# The release draws its pose maps with sigma 5 px at 256 rows; other sizes scale it with the height.
+RELEASE_SIGMA = 5.0
+RELEASE_HEIGHT = 256
+# --pose-aug gauss: the release's {4, 5, 6} around 5, as factors of the sigma in use.
+_GAUSS_FACTORS = (0.8, 1.0, 1.2)
 # scipy.ndimage.gaussian_filter's default truncation: the kernel radius is int(4 * sigma + 0.5).
 _TRUNCATE = 4.0
 
@@ -91,6 +96,17 @@ def generate_pose_map(landmarks: Union[np.ndarray, Sequence[Sequence[float]]], h
     return maps
 
 
+def pose_sigma(height: int, sigma_at_256: float = RELEASE_SIGMA) -> float:
+    """Pose-map sigma in pixels at ``height`` rows: ``sigma_at_256`` scaled with the height.
+
+    At 256 rows this is ``sigma_at_256`` itself (the release's 5 px); at 64 rows it is a quarter
+    of it, so the 18 Gaussians stay as distinct relative to the body as in the release.
+    """
+    if height <= 0:
+        raise ValueError(f"need a positive height, got {height}")
+    return float(sigma_at_256) * height / RELEASE_HEIGHT
+
+
 class Preprocessor(TorchDataset):
     """Turn ``(fname, pid, cam)`` samples into training or evaluation items.
 
@@ -121,9 +137,10 @@ class Preprocessor(TorchDataset):
         height: output height of pose-guided images and maps.
         width: output width of pose-guided images and maps.
         pose_aug: ``--pose-aug``: ``'no'``; ``'gauss'`` draws sigma per item uniformly from
-            {sigma - 1, sigma, sigma + 1}; ``'erase'`` zeroes the map of one keypoint index
-            drawn uniformly from 0..17.
-        sigma: Gaussian standard deviation of the pose maps in pixels.
+            {0.8, 1, 1.2} x sigma (the release's {4, 5, 6} at 256 rows); ``'erase'`` zeroes
+            the map of one keypoint index drawn uniformly from 0..17.
+        sigma: Gaussian standard deviation of the pose maps in pixels; None: :func:`pose_sigma`
+            of ``height`` (5 at 256 rows, 1.25 at 64).
 
     Raises:
         ConfigError: ``pose_aug`` is not one of no, gauss, erase.
@@ -133,7 +150,7 @@ class Preprocessor(TorchDataset):
                  transform: Optional[Any] = None, with_pose: bool = False,
                  pose_root: Optional[PathLike] = None,
                  pid_imgs: Optional[Mapping[int, Sequence[str]]] = None, height: int = 256,
-                 width: int = 128, pose_aug: str = "no", sigma: float = 5) -> None:
+                 width: int = 128, pose_aug: str = "no", sigma: Optional[float] = None) -> None:
         if pose_aug not in POSE_AUG_CHOICES:
             raise ConfigError(f"--pose-aug: invalid choice {pose_aug!r} (choose from {', '.join(POSE_AUG_CHOICES)})")
         if with_pose and pose_root is None:
@@ -146,7 +163,7 @@ class Preprocessor(TorchDataset):
         self.height = height
         self.width = width
         self.pose_aug = pose_aug
-        self.sigma = sigma
+        self.sigma = pose_sigma(height) if sigma is None else float(sigma)
         if with_pose and pid_imgs is None:
             built: Dict[int, List[str]] = {}
             for fname, pid, _ in dataset:
@@ -213,7 +230,7 @@ class Preprocessor(TorchDataset):
 
         sigma = self.sigma
         if self.pose_aug == "gauss":
-            sigma = random.choice((sigma - 1, sigma, sigma + 1))
+            sigma = random.choice(tuple(sigma * f for f in _GAUSS_FACTORS))
         elif self.pose_aug == "erase":
             landmarks[random.randrange(len(landmarks))] = -1
         posemap = torch.from_numpy(generate_pose_map(landmarks, self.height, self.width, sigma))

@@ -1,0 +1,239 @@
+"""The experiment's runs: render the data, Stages I-III per seed, the ablations, and the three measurements."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from fdgan.experiment.measures import match_pose_distances, paired_stats, pose_split_scores
+from fdgan.experiment.transfer_eval import (
+    baseline_scores, epoch_scores, held_out_pairs, target_landmarks, transfer_grid,
+)
+from fdgan.pipeline import TrainConfig, run_training
+from reid.datasets import create
+from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
+from reid.evaluators import pairwise_distance
+from reid.feature_extraction import FeatureExtractor
+from reid.pipelines.baseline import BaselineConfig, run_baseline
+from reid.utils.data.pose import read_pose_file
+from reid.utils.data.preprocessor import generate_pose_map, pose_sigma
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("openreid", "official")
+CASCADE = ("first_stage", "second_stage")
+
+
+@dataclass
+class ExperimentConfig:
+    """Sizes and schedules of the experiment (``scripts/experiment.py`` flags of the same names)."""
+
+    out: str = "experiment_output"
+    seeds: Tuple[int, ...] = (1, 2, 3)
+    num_ids: int = 100
+    num_cams: int = 4
+    images_per_cam: int = 3
+    render_height: int = 128
+    render_width: int = 64
+    height: int = 64
+    width: int = 32
+    arch: str = "resnet18"
+    stage1_epochs: int = 12
+    stage1_lr: float = 0.01
+    gan_iters: int = 40
+    stage2_epochs: int = 5
+    stage2_lr: float = 0.01
+    stage3_epochs: int = 3
+    stage3_lr: float = 0.001
+    lambda_recon: float = 100.0
+    lambda_sp: float = 10.0
+    lambda_veri: float = 10.0
+    ablation: bool = True
+    pairs_per_id: int = 2
+    grid_rows: int = 6
+    workers: int = 2
+
+    @property
+    def data_root(self) -> str:
+        return os.path.join(self.out, "data")
+
+
+def _baseline(cfg: ExperimentConfig, seed: int, logs_dir: str) -> dict:
+    return run_baseline(BaselineConfig(
+        dataset="synthetic", data_dir=cfg.data_root, logs_dir=logs_dir, arch=cfg.arch, pretrained=False,
+        batch_size=32, lr=cfg.stage1_lr, epochs=cfg.stage1_epochs, step_size=max(1, cfg.stage1_epochs * 5 // 6),
+        eval_step=max(1, cfg.stage1_epochs // 3), augment="none", protocol="both", seed=seed, device="cpu",
+        progress=False, workers=cfg.workers, height=cfg.height, width=cfg.width))
+
+
+def _gan(cfg: ExperimentConfig, seed: int, checkpoints: str, name: str, stage: int, **kw: Any) -> dict:
+    base = dict(
+        dataset="synthetic", dataroot=cfg.data_root, checkpoints=checkpoints, name=name, stage=stage,
+        arch=cfg.arch, batch_size=16, workers=cfg.workers, height=cfg.height, width=cfg.width, pose_aug="gauss",
+        smooth_label=True, lambda_recon=cfg.lambda_recon, display_id=0, no_html=True,
+        max_iters_per_epoch=cfg.gan_iters, print_freq=10 ** 6, display_freq=10 ** 6, update_html_freq=10 ** 6,
+        device="cpu", no_progress=True, seed=seed, protocol="both",
+    )
+    base.update(kw)
+    return run_training(TrainConfig(**base))
+
+
+def _stage3(cfg: ExperimentConfig, seed: int, seed_dir: str, name: str, **kw: Any) -> dict:
+    s2, last = os.path.join(seed_dir, "stage2"), cfg.stage2_epochs
+    nets = {f"net{n}_pretrain": os.path.join(s2, f"{last}_net_{n}.pth") for n in ("E", "G", "Di", "Dp")}
+    n3 = cfg.stage3_epochs
+    settings = dict(lambda_sp=cfg.lambda_sp, lambda_veri=cfg.lambda_veri)
+    settings.update(kw)
+    return _gan(cfg, seed, seed_dir, name, 2, niter=max(1, n3 - n3 // 3), niter_decay=n3 // 3, lr=cfg.stage3_lr,
+                save_step=n3, eval_step=1, **nets, **settings)
+
+
+def _features(checkpoint: str, cfg: ExperimentConfig, items: List[Tuple[str, int, int]], images_dir: str):
+    extractor = FeatureExtractor(checkpoint=checkpoint, arch=cfg.arch, height=cfg.height, width=cfg.width,
+                                 device="cpu", batch_size=64)
+    return extractor([os.path.join(images_dir, f) for f, _, _ in items])
+
+
+def pose_invariance(cfg: ExperimentConfig, encoders: Dict[str, str]) -> Dict[str, Any]:
+    """Question 2 for one seed: each encoder's scores on the similar- and different-pose matches."""
+    ds = create("synthetic", os.path.join(cfg.data_root, "synthetic"))
+    poses = {f: read_pose_file(os.path.join(ds.poses_dir, os.path.splitext(f)[0] + ".txt"))
+             for f, _, _ in ds.query + ds.gallery}
+    q_ids, q_cams = [p for _, p, _ in ds.query], [c for _, _, c in ds.query]
+    g_ids, g_cams = [p for _, p, _ in ds.gallery], [c for _, _, c in ds.gallery]
+    dists = match_pose_distances([poses[f] for f, _, _ in ds.query], [poses[f] for f, _, _ in ds.gallery],
+                                 q_ids, g_ids, q_cams, g_cams)
+    threshold = float(np.median(dists[np.isfinite(dists)]))
+    out: Dict[str, Any] = {"threshold": threshold}
+    for name, ckpt in encoders.items():
+        qf, gf = _features(ckpt, cfg, ds.query, ds.images_dir), _features(ckpt, cfg, ds.gallery, ds.images_dir)
+        distmat = pairwise_distance(qf, gf).numpy()
+        out[name] = pose_split_scores(distmat, q_ids, g_ids, q_cams, g_cams, dists, threshold)
+    return out
+
+
+@dataclass
+class _Q1:
+    pairs: list = field(default_factory=list)
+    targets: Optional[np.ndarray] = None
+    sources: Optional[np.ndarray] = None
+    baselines: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    per_seed: Dict[int, List[Dict[str, float]]] = field(default_factory=dict)
+    grid_images: List[np.ndarray] = field(default_factory=list)
+
+
+def _stage2_epochs(cfg: ExperimentConfig, q1: _Q1, seed: int, s2: str, first_seed: bool) -> None:
+    ds = create("synthetic", os.path.join(cfg.data_root, "synthetic"))
+    scores = []
+    for epoch in range(1, cfg.stage2_epochs + 1):
+        res, gen = epoch_scores(os.path.join(s2, f"{epoch}_net_E.pth"), os.path.join(s2, f"{epoch}_net_G.pth"),
+                                ds, q1.pairs, q1.targets)
+        scores.append({"epoch": epoch, **res})
+        if first_seed:
+            q1.grid_images.append(gen[:cfg.grid_rows])
+        if epoch < cfg.stage2_epochs:  # Stage III starts from the last epoch; the rest only need E and G
+            for n in ("Di", "Dp"):
+                os.remove(os.path.join(s2, f"{epoch}_net_{n}.pth"))
+    q1.per_seed[seed] = scores
+
+
+def _timed(timings: Dict[str, float], key: str, fn, *args, **kw):
+    start = time.time()
+    result = fn(*args, **kw)
+    timings[key] = round(time.time() - start, 1)
+    logger.info("experiment: %s done in %.0f s", key, timings[key])
+    return result
+
+
+def run_experiment(cfg: ExperimentConfig) -> Dict[str, Any]:
+    """Run everything and return the results (see :func:`fdgan.experiment.report.write_outputs`)."""
+    start = time.time()
+    timings: Dict[str, float] = {}
+    generate_synthetic_dataset(os.path.join(cfg.data_root, "synthetic"), SyntheticConfig(
+        num_ids=cfg.num_ids, num_cams=cfg.num_cams, images_per_cam=cfg.images_per_cam,
+        height=cfg.render_height, width=cfg.render_width, seed=0))
+    ds = create("synthetic", os.path.join(cfg.data_root, "synthetic"))
+    q1 = _Q1(pairs=held_out_pairs(ds, cfg.pairs_per_id))
+    q1.baselines, q1.targets, q1.sources = baseline_scores(ds, q1.pairs, cfg.height, cfg.width)
+    reid: Dict[str, Dict[int, dict]] = {"Stage I": {}, "Stage III": {}}
+    ablations: Dict[str, dict] = {}
+    q2: Dict[int, Any] = {}
+    for k, seed in enumerate(cfg.seeds):
+        seed_dir = os.path.join(cfg.out, f"seed{seed}")
+        s1, s2 = os.path.join(seed_dir, "stage1"), os.path.join(seed_dir, "stage2")
+        reid["Stage I"][seed] = _timed(timings, f"seed {seed} Stage I", _baseline, cfg, seed, s1)
+        _timed(timings, f"seed {seed} Stage II", _gan, cfg, seed, seed_dir, "stage2", 1,
+               niter=max(1, cfg.stage2_epochs - cfg.stage2_epochs * 2 // 5), niter_decay=cfg.stage2_epochs * 2 // 5,
+               lr=cfg.stage2_lr, save_step=1, lambda_veri=0.0, lambda_sp=cfg.lambda_sp,
+               netE_pretrain=os.path.join(s1, "model_best.pth.tar"))
+        _timed(timings, f"seed {seed} Stage II scoring", _stage2_epochs, cfg, q1, seed, s2, k == 0)
+        reid["Stage III"][seed] = _timed(timings, f"seed {seed} Stage III", _stage3, cfg, seed, seed_dir, "stage3")
+        q2[seed] = _timed(timings, f"seed {seed} pose split", pose_invariance, cfg, {
+            "Stage I": os.path.join(s1, "model_best.pth.tar"),
+            "Stage III": os.path.join(seed_dir, "stage3", "best_net_E.pth")})
+        if k == 0 and cfg.ablation:
+            for name, kw in (("Stage III, lambda_sp 0", {"lambda_sp": 0.0}),
+                             ("Stage III, lambda_veri 0", {"lambda_veri": 0.0})):
+                tag = "stage3_" + "_".join(f"{key}0" for key in kw)
+                ablations[name] = {"seed": seed, "results": _timed(timings, f"seed {seed} {name}", _stage3, cfg,
+                                                                   seed, seed_dir, tag, **kw)}
+    grid_path = os.path.join(cfg.out, "transfer_grid.png")
+    rows = cfg.grid_rows
+    maps = [generate_pose_map(target_landmarks(ds, p.target, cfg.height, cfg.width), cfg.height, cfg.width,
+                              pose_sigma(cfg.height)) for p in q1.pairs[:rows]]
+    Image.fromarray(transfer_grid(q1.sources[:rows], q1.targets[:rows], maps, q1.grid_images)).save(grid_path)
+    return summarise(cfg, q1, reid, ablations, q2, timings, time.time() - start)
+
+
+def summarise(cfg: ExperimentConfig, q1: _Q1, reid: Dict[str, Dict[int, dict]], ablations: Dict[str, dict],
+              q2: Dict[int, Any], timings: Dict[str, float], seconds: float) -> Dict[str, Any]:
+    """The results as one JSON-ready dict: settings, the three answers, timings."""
+    seeds = list(cfg.seeds)
+    epochs = []
+    for e in range(cfg.stage2_epochs):
+        per = [q1.per_seed[s][e] for s in seeds]
+        epochs.append({"epoch": e + 1, "L1": float(np.mean([p["L1"] for p in per])),
+                       "SSIM": float(np.mean([p["SSIM"] for p in per])),
+                       "per_seed": {str(s): {"L1": p["L1"], "SSIM": p["SSIM"]} for s, p in zip(seeds, per)}})
+    last = epochs[-1]
+    beats = all(last["L1"] < b["L1"] and last["SSIM"] > b["SSIM"] for b in q1.baselines.values())
+    parts = {}
+    for model in ("Stage I", "Stage III"):
+        parts[model] = {part: {m: float(np.nanmean([q2[s][model][part][m] for s in seeds])) for m in ("mAP", "top1")}
+                        for part in ("similar", "different", "gap")}
+    rows = []
+    for protocol in PROTOCOLS:
+        for stage in CASCADE:
+            for metric, key in (("mAP", lambda r: r["mAP"]), ("top-1", lambda r: r["cmc"][0])):
+                a = [key(reid["Stage I"][s][protocol][stage]) for s in seeds]
+                b = [key(reid["Stage III"][s][protocol][stage]) for s in seeds]
+                rows.append({"protocol": protocol, "stage": stage, "metric": metric,
+                             "stage1": a, "stage3": b, **paired_stats(a, b)})
+    abl = {}
+    for name, entry in ablations.items():
+        s = entry["seed"]
+        abl[name] = {"seed": s, **{f"{p} {st}": {"mAP": entry["results"][p][st]["mAP"],
+                                                 "full": reid["Stage III"][s][p][st]["mAP"]}
+                                   for p in PROTOCOLS for st in CASCADE}}
+    main_row = next(r for r in rows if r["protocol"] == "openreid" and r["stage"] == "first_stage"
+                    and r["metric"] == "mAP")
+    spread = max(main_row["first_std"], main_row["second_std"]) if len(seeds) > 1 else float("nan")
+    return {
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "q1_generation": {"pairs": len(q1.pairs), "baselines": q1.baselines, "epochs": epochs,
+                          "goal_reached": bool(beats), "grid": "transfer_grid.png"},
+        "q2_pose_invariance": {"threshold_per_seed": {str(s): q2[s]["threshold"] for s in seeds},
+                               "mean": parts, "per_seed": {str(s): {m: q2[s][m] for m in ("Stage I", "Stage III")}
+                                                           for s in seeds},
+                               "goal_reached": bool(abs(parts["Stage III"]["gap"]["mAP"])
+                                                    < abs(parts["Stage I"]["gap"]["mAP"]))},
+        "q3_reid": {"seeds": seeds, "rows": rows, "ablation": abl,
+                    "goal_reached": bool(main_row["diff_mean"] > 0 and main_row["diff_mean"] > spread)},
+        "timings_s": timings, "total_s": round(seconds, 1),
+    }

@@ -1,0 +1,164 @@
+"""The experiment (scripts/experiment.py): its measures against hand-computed cases, and a tiny run."""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from fdgan.experiment.measures import (
+    image_scores, match_pose_distances, paired_stats, pose_distance, pose_split_scores, split_matches,
+    trivial_predictions,
+)
+
+SQUARE = np.array([[10, 10], [10, 20], [20, 10], [20, 20]], dtype=float)
+
+
+# ----------------------------------------------------------------------------- pose difference
+
+def test_pose_distance_ignores_position_and_scale():
+    moved = SQUARE * 2 + [5, 7]
+    assert pose_distance(SQUARE, moved) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_pose_distance_by_hand():
+    # Centred on (15, 15), height 10: the square's keypoints are (+-0.5, +-0.5). Moving the last
+    # one to (20, 30) moves the second pose's mean to (15, 17.5); its height is still 10.
+    other = SQUARE.copy()
+    other[3] = (20, 30)
+    a = (SQUARE - [15, 15]) / 10
+    b = (other - [15, 17.5]) / 10
+    expected = np.mean(np.linalg.norm(a - b, axis=1))
+    assert pose_distance(SQUARE, other) == pytest.approx(expected, abs=1e-12)
+    # (0, -0.25) three times and (0, 0.75) once: (3 * 0.25 + 0.75) / 4
+    assert expected == pytest.approx(0.375, abs=1e-12)
+
+
+def test_pose_distance_uses_only_keypoints_seen_in_both():
+    a = np.vstack([SQUARE, [[-1, -1], [30, 30]]])
+    b = np.vstack([SQUARE * 3, [[40, 10], [-1, -1]]])
+    assert pose_distance(a, b) == pytest.approx(0.0, abs=1e-12)
+    assert pose_distance(SQUARE[:3], SQUARE[:3]) == math.inf  # under 4 shared keypoints
+
+
+def test_pose_split_of_a_hand_made_gallery():
+    # Query 0 (id 0, camera 0). Gallery: g0 id 0 camera 1, same pose; g1 id 1; g2 id 0 camera 1,
+    # other pose; g3 id 2; g4 id 0 camera 0 (same camera: not a match, ignored).
+    other = SQUARE.copy()
+    other[3] = (20, 30)
+    q_poses, g_poses = [SQUARE], [SQUARE + 3, SQUARE, other, SQUARE, SQUARE]
+    ids = dict(query_ids=[0], gallery_ids=[0, 1, 0, 2, 0], query_cams=[0], gallery_cams=[1, 1, 1, 1, 0])
+    dists = match_pose_distances(q_poses, g_poses, **ids)
+    assert dists[0, 0] == pytest.approx(0.0, abs=1e-12) and dists[0, 2] == pytest.approx(0.375)
+    assert np.isnan(dists[0, [1, 3, 4]]).all()
+    similar, different = split_matches(dists, threshold=0.1)
+    assert similar.tolist() == [[True, False, False, False, False]]
+    assert different.tolist() == [[False, False, True, False, False]]
+
+    distmat = np.array([[0.05, 0.1, 0.2, 0.4, 0.0]])
+    scores = pose_split_scores(distmat, ids["query_ids"], ids["gallery_ids"], ids["query_cams"],
+                               ids["gallery_cams"], dists, 0.1)
+    # similar part (g2 removed): g4 is junk, g0 ranks first -> AP 1, top-1 1.
+    assert scores["similar"] == {"mAP": 1.0, "top1": 1.0, "queries": 1}
+    # different part (g0 removed): g1 then g2 -> AP 1/2, top-1 0.
+    assert scores["different"] == {"mAP": 0.5, "top1": 0.0, "queries": 1}
+    assert scores["gap"] == {"mAP": 0.5, "top1": 1.0}
+
+
+# ----------------------------------------------------------------------------- image scores
+
+def test_identical_images_score_l1_0_and_ssim_1():
+    rng = np.random.default_rng(0)
+    img = rng.random((2, 16, 8, 3))
+    assert image_scores(img, img) == {"L1": 0.0, "SSIM": pytest.approx(1.0)}
+
+
+def test_constant_images_by_hand():
+    # Both constant: variances and covariance are 0, so SSIM = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1)
+    # with C1 = (0.01 * data range)^2.
+    pred = np.full((1, 16, 8, 3), 0.2)
+    target = np.full((1, 16, 8, 3), 0.6)
+    c1 = 1e-4
+    expected = (2 * 0.2 * 0.6 + c1) / (0.04 + 0.36 + c1)
+    scores = image_scores(pred, target)
+    assert scores["L1"] == pytest.approx(0.4)
+    assert scores["SSIM"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_trivial_predictors_by_hand():
+    sources = np.stack([np.full((16, 8, 3), 0.3), np.full((16, 8, 3), 0.9)])
+    targets = np.full((2, 16, 8, 3), 0.5)
+    mean = np.full((16, 8, 3), 0.4)
+    preds = trivial_predictions(sources, mean)
+    copy, avg = image_scores(preds["copy source"], targets), image_scores(preds["mean training image"], targets)
+    assert copy["L1"] == pytest.approx((0.2 + 0.4) / 2)
+    assert avg["L1"] == pytest.approx(0.1)
+    c1 = 1e-4
+    ssim = [(2 * s * 0.5 + c1) / (s * s + 0.25 + c1) for s in (0.3, 0.9)]
+    assert copy["SSIM"] == pytest.approx(np.mean(ssim), rel=1e-9)
+    assert avg["SSIM"] == pytest.approx((0.4 + c1) / (0.16 + 0.25 + c1), rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- paired statistics
+
+def test_paired_stats_by_hand():
+    s = paired_stats([0.1, 0.2, 0.3], [0.2, 0.2, 0.5])
+    assert s["first_mean"] == pytest.approx(0.2) and s["first_std"] == pytest.approx(0.1)
+    assert s["second_mean"] == pytest.approx(0.3) and s["second_std"] == pytest.approx(math.sqrt(0.03))
+    assert s["diff"] == pytest.approx([0.1, 0.0, 0.2])
+    assert s["diff_mean"] == pytest.approx(0.1) and s["diff_std"] == pytest.approx(0.1)
+    assert s["positive"] == 2 and s["n"] == 3
+
+
+def test_paired_stats_of_one_seed_have_no_spread():
+    s = paired_stats([0.5], [0.7])
+    assert s["diff"] == pytest.approx([0.2]) and math.isnan(s["diff_std"]) and math.isnan(s["first_std"])
+    with pytest.raises(ValueError):
+        paired_stats([0.1, 0.2], [0.3])
+
+
+# ----------------------------------------------------------------------------- a tiny run
+
+def test_tiny_experiment_writes_consistent_page_and_json(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import experiment
+
+    out = tmp_path / "exp"
+    # The smallest sizes the stages take: 32 x 32 images (G's kernels need multiples of 32).
+    rc = experiment.main(["--out", str(out), "--seeds", "1", "--num-ids", "12", "--num-cams", "2",
+                          "--images-per-cam", "2", "--render-height", "64", "--render-width", "32",
+                          "--height", "32", "--width", "32", "--stage1-epochs", "1", "--gan-iters", "1",
+                          "--stage2-epochs", "2", "--stage3-epochs", "1",
+                          "--workers", "0", "--pairs-per-id", "1", "--grid-rows", "3"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    page = (out / "index.html").read_text()
+    assert (out / "transfer_grid.png").is_file() and 'src="transfer_grid.png"' in page
+
+    q1 = res["q1_generation"]
+    assert q1["pairs"] == 6 and [e["epoch"] for e in q1["epochs"]] == [1, 2]
+    for e in q1["epochs"]:
+        assert e["L1"] == pytest.approx(e["per_seed"]["1"]["L1"]) and f"{e['L1']:.4f}" in page
+    last = q1["epochs"][-1]
+    assert q1["goal_reached"] == all(last["L1"] < b["L1"] and last["SSIM"] > b["SSIM"]
+                                     for b in q1["baselines"].values())
+
+    q2 = res["q2_pose_invariance"]
+    for model in ("Stage I", "Stage III"):
+        parts = q2["per_seed"]["1"][model]
+        assert parts["gap"]["mAP"] == pytest.approx(parts["similar"]["mAP"] - parts["different"]["mAP"])
+        assert q2["mean"][model]["gap"]["mAP"] == pytest.approx(parts["gap"]["mAP"])
+
+    # The re-ID rows are Stage I's and Stage III's own results files, paired per seed.
+    stage1 = json.loads((out / "seed1" / "stage1" / "results.json").read_text())["results"]
+    stage3 = json.loads((out / "seed1" / "stage3" / "results.json").read_text())["results"]
+    rows = res["q3_reid"]["rows"]
+    assert len(rows) == 8
+    for r in rows:
+        key = (lambda m: m["mAP"]) if r["metric"] == "mAP" else (lambda m: m["cmc"][0])
+        assert r["stage1"] == [key(stage1[r["protocol"]][r["stage"]])]
+        assert r["stage3"] == [key(stage3[r["protocol"]][r["stage"]])]
+        assert r["diff"] == pytest.approx([r["stage3"][0] - r["stage1"][0]])
+    assert set(res["q3_reid"]["ablation"]) == {"Stage III, lambda_sp 0", "Stage III, lambda_veri 0"}
+    assert "Goal 1" in page and "Goal 3" in page
