@@ -20,7 +20,7 @@ line (``scripts/generate_images.py``) resolves its arguments with :mod:`fdgan.po
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
