@@ -10,13 +10,13 @@ One generated image is ``G(posemap(target pose), E(source), z)``:
 - E's feature is the backbone's pooled feature of the source image resized to G's size
   (RectScale, ImageNet normalisation), as in training (spec section 5);
 - the pose map is :func:`reid.utils.data.preprocessor.generate_pose_map` of the target keypoints
-  in G's pixels (:meth:`fdgan.pose_targets.TargetPose.scaled` gives them);
+  in G's pixels (:meth:`scripts.pose_targets.TargetPose.scaled` gives them);
 - ``z`` is row ``n`` of :func:`draw_noise` ``(num_noise, noise_nc, seed)``: the SAME noise
   vector ``n`` is used for every (source, pose), so the noise columns of the grid compare like
   with like, and a seed reproduces the output exactly.
 
 The files of a run are written by :func:`fdgan.generation_output.write_outputs`; the command
-line (``scripts/generate_images.py``) resolves its arguments with :mod:`fdgan.pose_targets`.
+line (``scripts/generate_images.py``) resolves its arguments with :mod:`scripts.pose_targets`.
 """
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ class PoseTransfer:
         Args:
             source_images: S images: paths, PIL images or H x W x 3 uint8 arrays (any size).
             landmarks_list: P ``(18, 2)`` (row, col) keypoint arrays in G's pixels (height x
-                width); -1 marks a missing keypoint. :meth:`fdgan.pose_targets.TargetPose.scaled` gives them.
+                width); -1 marks a missing keypoint. :meth:`scripts.pose_targets.TargetPose.scaled` gives them.
             num_noise: N, the noise vectors per (source, pose).
             seed: seed of the noise (:func:`draw_noise`).
 

@@ -133,6 +133,14 @@ def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
             base = evaluate_on_val(model.net_E, dataset, rerank_topk=75, dataset_name=cfg.dataset, **eval_args)
             visualizer.log_reid("Loaded encoder before Stage III:\n"
                                 + format_results(base["second_stage"], "validation"))
+            # As the release: the loaded encoder's test numbers open every Stage III log.
+            loaded = evaluate_on_test(model.net_E, dataset_name=cfg.dataset, data_dir=cfg.dataroot,
+                                      split_id=cfg.split, protocols=protocols, rerank_topk=DEFAULT_RERANK_TOPK,
+                                      num_val=cfg.num_val, title="[test, loaded E] ", **eval_args)
+            for protocol, res in loaded.items():
+                visualizer.log_reid(f"Test of the loaded encoder ({protocol} protocol, top-k {DEFAULT_RERANK_TOPK}):\n"
+                                    + format_results(res["first_stage"], "first stage") + "\n"
+                                    + format_results(res["second_stage"], "second stage"))
         ctx.barrier()
 
     last_epoch = cfg.niter + cfg.niter_decay

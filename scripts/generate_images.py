@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fdgan.generation import PoseTransfer  # noqa: E402
 from fdgan.generation_output import write_outputs  # noqa: E402
-from fdgan.pose_targets import PoseEstimator, Size, load_target_pose, resolve_source  # noqa: E402
+from scripts.pose_targets import PoseEstimator, Size, load_target_pose, resolve_source  # noqa: E402
 from reid.errors import ConfigError, DatasetError  # noqa: E402
 from reid.utils.osutils import PathLike  # noqa: E402
 from scripts._cli import run_cli  # noqa: E402
@@ -81,7 +81,7 @@ def run_generation(
         batch_size: generator batch size (``--batch-size``).
         sigma: pose-map Gaussian standard deviation (``--sigma``); None: as in training.
         estimator: pose estimator for image targets (default
-            :func:`fdgan.pose_targets.estimate_pose`).
+            :func:`scripts.pose_targets.estimate_pose`).
 
     Returns:
         What :func:`fdgan.generation_output.write_outputs` returns, plus ``'generated'`` (the array).

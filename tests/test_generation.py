@@ -1,4 +1,4 @@
-"""Tests of fdgan.generation, fdgan.loading, fdgan.pose_targets, fdgan.generation_output and
+"""Tests of fdgan.generation, fdgan.loading, scripts.pose_targets, fdgan.generation_output and
 scripts/generate_images.py: pose transfer with tiny networks.
 
 E is a ResNet-18 SiameseNet and G a 64 x 32 generator with tiny pose/noise sizes, both saved in
@@ -27,7 +27,7 @@ from fdgan.generation import PoseTransfer, draw_noise
 from fdgan.generation_output import make_grid
 from fdgan.loading import infer_generator_config
 from fdgan.networks import CustomPoseGenerator, get_norm_layer
-from fdgan.pose_targets import load_target_pose, scale_landmarks
+from scripts.pose_targets import load_target_pose, scale_landmarks
 from fdgan.utils.util import tensor2im
 from reid.errors import CheckpointError, ConfigError, DatasetError
 from reid.models.loading import build_siamese

@@ -13,7 +13,9 @@ from fdgan.model import FDGANModel
 from helpers import render_synthetic
 from options import Options
 from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
-from reid.pipelines.common import load_dataset
+from reid.evaluation_metrics import format_results
+from reid.models.loading import build_siamese
+from reid.pipelines.common import evaluate_on_test, load_dataset
 from reid.utils.data.loaders import build_pose_pair_loader
 from reid.utils.serialization import load_checkpoint, load_weights
 from tests.browser import img_srcs, is_blank, screenshot
@@ -148,6 +150,19 @@ def test_stage3_from_stage2_files_validates_saves_best_and_tests(stage2, root):
             assert 0.0 < results["results"][protocol][stage]["mAP"] <= 1.0
     log = (out / "reid_log.txt").read_text()
     assert "Loaded encoder before Stage III" in log and "Test of the best encoder (official protocol)" in log
+    # As the release, the log opens with the loaded E's test numbers (second stage, top-k 100),
+    # computed here again from the Stage II file.
+    loaded = build_siamese("resnet18", pretrained=False, num_classes=2)
+    load_weights(run / "3_net_E.pth", loaded)
+    expected = evaluate_on_test(loaded, dataset_name="synthetic", data_dir=str(root), split_id=0,
+                                protocols=["openreid", "official"], height=64, width=32, batch_size=8, workers=0,
+                                rerank_topk=100, device=torch.device("cpu"), progress=False)
+    for protocol, res in expected.items():
+        block = (f"Test of the loaded encoder ({protocol} protocol, top-k 100):\n"
+                 + format_results(res["first_stage"], "first stage") + "\n"
+                 + format_results(res["second_stage"], "second stage"))
+        assert block in log
+        assert log.index(block) < log.index("Test of the best encoder")
 
 
 def test_stage2_resume_equals_uninterrupted_run(root, monkeypatch):

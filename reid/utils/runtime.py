@@ -33,6 +33,14 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def configure_backends(device: torch.device, deterministic: bool = False) -> bool:
+    """Turn cuDNN autotuning on for a CUDA run unless ``deterministic`` (the release sets
+    ``cudnn.benchmark = True``); returns the setting."""
+    benchmark = torch.device(device).type == "cuda" and not deterministic
+    torch.backends.cudnn.benchmark = benchmark
+    return benchmark
+
+
 def worker_init_fn(worker_id: int) -> None:
     """Seed Python's and NumPy's generators of a DataLoader worker from torch's per-worker seed."""
     seed = torch.initial_seed() % (2 ** 32)
