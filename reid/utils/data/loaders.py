@@ -40,10 +40,17 @@ def build_pair_loader(
     ``drop_last`` None drops an incomplete last batch unless it is the only one; pass False with a
     sampler that yields whole batches itself (:class:`DistributedRandomPairSampler`).
     """
+    dataset = Preprocessor(items, root=images_dir, transform=build_train_transform(height, width, augment))
+    return _pair_loader(dataset, items, batch_size, workers, np_ratio, sampler, pin_memory, drop_last)
+
+
+def _pair_loader(dataset: Preprocessor, items: Sequence[Item], batch_size: int, workers: int, np_ratio: int,
+                 sampler: Optional[Sampler], pin_memory: bool, drop_last: Optional[bool]) -> DataLoader:
+    """Batches of ``(first members, second members)`` from the pair sampler (or ``sampler``)."""
     if drop_last is None:
         drop_last = len(items) * (1 + np_ratio) > batch_size  # a 1-pair last batch breaks BatchNorm1d
     return DataLoader(
-        Preprocessor(items, root=images_dir, transform=build_train_transform(height, width, augment)),
+        dataset,
         sampler=sampler if sampler is not None else RandomPairSampler(items, neg_pos_ratio=np_ratio),
         batch_size=batch_size,
         num_workers=workers,
@@ -85,19 +92,9 @@ def build_pose_pair_loader(
 ) -> DataLoader:
     """Pose-guided training pairs for Stages II and III (spec section 2); ``drop_last`` as in
     :func:`build_pair_loader`."""
-    if drop_last is None:
-        drop_last = len(items) * (1 + np_ratio) > batch_size
     dataset = Preprocessor(
         list(items), root=images_dir, with_pose=True, pose_root=poses_dir, pid_imgs=pid_imgs,
         height=height, width=width, pose_aug=pose_aug,
     )
-    return DataLoader(
-        dataset,
-        sampler=sampler if sampler is not None else RandomPairSampler(items, neg_pos_ratio=np_ratio),
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-        worker_init_fn=worker_init_fn,
-    )
+    return _pair_loader(dataset, items, batch_size, workers, np_ratio, sampler, pin_memory, drop_last)
 
