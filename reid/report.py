@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 from reid.utils.html import HTML
 from reid.utils.osutils import atomic_write
@@ -87,15 +88,52 @@ def results_rows(named_results: Mapping[str, str]) -> list[list[str]]:
     return rows
 
 
+@dataclass(frozen=True)
+class Section:
+    """A titled part of the report: paragraphs, an optional table and pictures (paths relative to out_dir)."""
+
+    title: str
+    notes: Sequence[str] = ()
+    header: Sequence[str] = ()
+    rows: Sequence[Sequence[str]] = ()
+    images: Sequence[tuple[str, str]] = ()
+
+
+def compare_results(first: tuple[str, Mapping[str, Any]], second: tuple[str, Mapping[str, Any]],
+                    protocol: str = "openreid", stage: str = "second_stage") -> str:
+    """One sentence saying whether the second model's mAP beats the first's, with both numbers.
+
+    ``first`` and ``second`` are ``(name, results)`` with ``results`` as in ``results.json``'s
+    ``"results"`` (protocol -> cascade stage -> metrics)."""
+    (name_a, res_a), (name_b, res_b) = first, second
+    a, b = 100 * res_a[protocol][stage]["mAP"], 100 * res_b[protocol][stage]["mAP"]
+    where = f"{stage.replace('_', ' ')} mAP, {'open-reid' if protocol == 'openreid' else protocol} protocol"
+    if round(b, 1) > round(a, 1):
+        return f"In this run {name_b} beats {name_a}: {b:.1f} % against {a:.1f} % ({where})."
+    return f"In this run {name_b} does not beat {name_a}: {b:.1f} % against {a:.1f} % ({where})."
+
+
 def write_report(out_dir: str, title: str, rows: Sequence[Sequence[str]], images: Sequence[tuple[str, str]],
-                 links: Sequence[tuple[str, str]], notes: Sequence[str] = ()) -> str:
-    """Write ``<out_dir>/index.html``: notes, a results table, pictures and links (paths relative to out_dir)."""
+                 links: Sequence[tuple[str, str]], notes: Sequence[str] = (), results_notes: Sequence[str] = (),
+                 sections: Sequence[Section] = ()) -> str:
+    """Write ``<out_dir>/index.html``: notes, a results table followed by ``results_notes``, the
+    sections, pictures and links (paths relative to out_dir)."""
     page = HTML(out_dir, title, style=_STYLE)
     page.add_header(title, level=1)
     for note in notes:
         page.add_paragraph(note)
     page.add_header("Results (percent)", level=2)
     page.add_table(("model", "protocol", "stage", "mAP", "top-1", "top-5", "top-10"), rows)
+    for note in results_notes:
+        page.add_paragraph(note)
+    for section in sections:
+        page.add_header(section.title, level=2)
+        for note in section.notes:
+            page.add_paragraph(note)
+        if section.rows:
+            page.add_table(section.header, section.rows)
+        for caption, rel in section.images:
+            page.add_figure(rel, caption)
     page.add_header("Pictures", level=2)
     for caption, rel in images:
         page.add_figure(rel, caption)

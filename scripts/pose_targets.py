@@ -4,8 +4,7 @@
   prepared dataset's ``images/``);
 - :func:`load_target_pose`: a ``--poses`` entry -> a :class:`TargetPose`: keypoints read from a
   pose file (found by name next to the dataset's images) or estimated from an image, with the
-  pixel size of the image they refer to;
-- :func:`scale_landmarks`: keypoints from one image size to another, as the training items do.
+  pixel size of the image they refer to (scaled with ``reid.utils.data.pose.scale_landmarks``).
 """
 from __future__ import annotations
 
@@ -19,36 +18,15 @@ from PIL import Image
 
 from reid.errors import ConfigError, DatasetError
 from reid.utils.data.images import IMAGE_EXTENSIONS, read_image
-from reid.utils.data.pose import NUM_KEYPOINTS, read_pose_file
+from reid.utils.data.pose import NUM_KEYPOINTS, read_pose_file, scale_landmarks
 from reid.utils.osutils import PathLike
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Size", "TargetPose", "PoseEstimator", "scale_landmarks", "resolve_source", "estimate_pose",
+__all__ = ["Size", "TargetPose", "PoseEstimator", "resolve_source", "estimate_pose",
            "load_target_pose"]
 
 Size = Tuple[int, int]
-
-
-def scale_landmarks(landmarks: np.ndarray, from_size: Size, to_size: Size) -> np.ndarray:
-    """Scale (row, col) keypoints from one image size to another, as the training items do.
-
-    Args:
-        landmarks: ``(K, 2)`` (row, col) pixel coordinates; a negative value marks a missing
-            keypoint.
-        from_size: (height, width) of the image the coordinates refer to.
-        to_size: (height, width) to scale them to.
-
-    Returns:
-        int64 ``(K, 2)``: each present keypoint's coordinates multiplied by the size ratio and
-        truncated; missing keypoints ``(-1, -1)``.
-    """
-    points = np.asarray(landmarks, dtype=np.float64)
-    out = np.full(points.shape, -1, dtype=np.int64)
-    present = (points[:, 0] >= 0) & (points[:, 1] >= 0)
-    out[present, 0] = (points[present, 0] * (to_size[0] / from_size[0])).astype(np.int64)
-    out[present, 1] = (points[present, 1] * (to_size[1] / from_size[1])).astype(np.int64)
-    return out
 
 
 def _image_size(path: str) -> Size:

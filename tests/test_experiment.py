@@ -11,6 +11,7 @@ from fdgan.experiment.measures import (
     image_scores, match_pose_distances, paired_stats, pose_distance, pose_split_scores, split_matches,
     trivial_predictions,
 )
+from fdgan.experiment.transfer_eval import Stage2Study
 
 SQUARE = np.array([[10, 10], [10, 20], [20, 10], [20, 20]], dtype=float)
 
@@ -98,6 +99,16 @@ def test_trivial_predictors_by_hand():
     ssim = [(2 * s * 0.5 + c1) / (s * s + 0.25 + c1) for s in (0.3, 0.9)]
     assert copy["SSIM"] == pytest.approx(np.mean(ssim), rel=1e-9)
     assert avg["SSIM"] == pytest.approx((0.4 + c1) / (0.16 + 0.25 + c1), rel=1e-9)
+
+
+def test_stage2_study_beats_trivial_only_on_both_scores_against_both_predictors():
+    grid = np.zeros((1, 1, 3), np.uint8)
+    baselines = {"copy source": {"L1": 0.30, "SSIM": 0.16}, "mean training image": {"L1": 0.19, "SSIM": 0.33}}
+    study = lambda l1, ssim: Stage2Study(4, baselines, [{"epoch": 1, "L1": 0.5, "SSIM": 0.0},  # noqa: E731
+                                                        {"epoch": 2, "L1": l1, "SSIM": ssim}], grid)
+    assert study(0.18, 0.34).beats_trivial
+    assert not study(0.18, 0.33).beats_trivial  # ties the mean image's SSIM
+    assert not study(0.20, 0.50).beats_trivial  # worse L1 than the mean image
 
 
 # ----------------------------------------------------------------------------- paired statistics

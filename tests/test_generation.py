@@ -27,7 +27,8 @@ from fdgan.generation import PoseTransfer, draw_noise
 from fdgan.generation_output import make_grid
 from fdgan.loading import infer_generator_config
 from fdgan.networks import CustomPoseGenerator, get_norm_layer
-from scripts.pose_targets import load_target_pose, scale_landmarks
+from reid.utils.data.pose import scale_landmarks
+from scripts.pose_targets import load_target_pose
 from fdgan.utils.util import tensor2im
 from reid.errors import CheckpointError, ConfigError, DatasetError
 from reid.models.loading import build_siamese

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Tuple
 import dominate
 from dominate import tags
 
-from fdgan.utils.html import url_for
+from reid.utils.html import url_for
 from reid.utils.osutils import atomic_write_text, write_json
 
 Table = Tuple[List[str], List[List[str]]]

@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-from PIL import Image
 
 from fdgan.experiment.measures import match_pose_distances, paired_stats, pose_split_scores
 from fdgan.experiment.transfer_eval import (
-    baseline_scores, epoch_scores, held_out_pairs, target_landmarks, transfer_grid,
+    baseline_scores, held_out_pairs, pose_transfer_grid, stage2_epoch_scores,
 )
 from fdgan.pipeline import TrainConfig, run_training
 from reid.datasets import create
@@ -21,8 +20,8 @@ from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_d
 from reid.evaluators import pairwise_distance
 from reid.feature_extraction import FeatureExtractor
 from reid.pipelines.baseline import BaselineConfig, run_baseline
+from reid.utils.data.images import save_image
 from reid.utils.data.pose import read_pose_file
-from reid.utils.data.preprocessor import generate_pose_map, pose_sigma
 
 logger = logging.getLogger(__name__)
 
@@ -130,17 +129,13 @@ class _Q1:
 
 def _stage2_epochs(cfg: ExperimentConfig, q1: _Q1, seed: int, s2: str, first_seed: bool) -> None:
     ds = create("synthetic", os.path.join(cfg.data_root, "synthetic"))
-    scores = []
-    for epoch in range(1, cfg.stage2_epochs + 1):
-        res, gen = epoch_scores(os.path.join(s2, f"{epoch}_net_E.pth"), os.path.join(s2, f"{epoch}_net_G.pth"),
-                                ds, q1.pairs, q1.targets)
-        scores.append({"epoch": epoch, **res})
-        if first_seed:
-            q1.grid_images.append(gen[:cfg.grid_rows])
-        if epoch < cfg.stage2_epochs:  # Stage III starts from the last epoch; the rest only need E and G
-            for n in ("Di", "Dp"):
-                os.remove(os.path.join(s2, f"{epoch}_net_{n}.pth"))
-    q1.per_seed[seed] = scores
+    epochs = range(1, cfg.stage2_epochs + 1)
+    q1.per_seed[seed], images = stage2_epoch_scores(s2, epochs, ds, q1.pairs, q1.targets, keep=cfg.grid_rows)
+    if first_seed:
+        q1.grid_images = images
+    for epoch in epochs[:-1]:  # Stage III starts from the last epoch; the rest only need E and G
+        for n in ("Di", "Dp"):
+            os.remove(os.path.join(s2, f"{epoch}_net_{n}.pth"))
 
 
 def _timed(timings: Dict[str, float], key: str, fn, *args, **kw):
@@ -183,11 +178,9 @@ def run_experiment(cfg: ExperimentConfig) -> Dict[str, Any]:
                 tag = "stage3_" + "_".join(f"{key}0" for key in kw)
                 ablations[name] = {"seed": seed, "results": _timed(timings, f"seed {seed} {name}", _stage3, cfg,
                                                                    seed, seed_dir, tag, **kw)}
-    grid_path = os.path.join(cfg.out, "transfer_grid.png")
     rows = cfg.grid_rows
-    maps = [generate_pose_map(target_landmarks(ds, p.target, cfg.height, cfg.width), cfg.height, cfg.width,
-                              pose_sigma(cfg.height)) for p in q1.pairs[:rows]]
-    Image.fromarray(transfer_grid(q1.sources[:rows], q1.targets[:rows], maps, q1.grid_images)).save(grid_path)
+    grid = pose_transfer_grid(ds, q1.pairs[:rows], q1.sources[:rows], q1.targets[:rows], q1.grid_images)
+    save_image(grid, os.path.join(cfg.out, "transfer_grid.png"))
     return summarise(cfg, q1, reid, ablations, q2, timings, time.time() - start)
 
 

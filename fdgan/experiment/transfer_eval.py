@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 
 from fdgan.experiment.measures import image_scores, trivial_predictions
-from fdgan.generation import PoseTransfer, draw_noise, scale_landmarks
+from fdgan.generation import PoseTransfer, draw_noise
 from fdgan.utils.util import posemap2im, tensor2im
 from reid.utils.data.dataset import Dataset
 from reid.utils.data.images import read_image
-from reid.utils.data.pose import read_pose_file
+from reid.utils.data.pose import read_pose_file, scale_landmarks
+from reid.utils.data.preprocessor import generate_pose_map, pose_sigma
 from reid.utils.data.transforms import RectScale
 from reid.utils.osutils import PathLike
 
@@ -108,6 +109,56 @@ def epoch_scores(net_e: PathLike, net_g: PathLike, dataset: Dataset, pairs: Sequ
     transfer = PoseTransfer(net_e, net_g, device="cpu", batch_size=32)
     generated = generate_pairs(transfer, dataset, pairs, seed=seed)
     return image_scores(generated, targets), generated
+
+
+def stage2_epoch_scores(stage2_dir: PathLike, epochs: Sequence[int], dataset: Dataset,
+                        pairs: Sequence[TransferPair], targets: np.ndarray,
+                        keep: int = 0) -> Tuple[List[Dict[str, float]], List[np.ndarray]]:
+    """:func:`epoch_scores` of the ``<epoch>_net_E.pth``/``<epoch>_net_G.pth`` files of a Stage II
+    run, one ``{"epoch", "L1", "SSIM"}`` per epoch, and each epoch's first ``keep`` images."""
+    scores, images = [], []
+    for epoch in epochs:
+        res, generated = epoch_scores(os.path.join(stage2_dir, f"{epoch}_net_E.pth"),
+                                      os.path.join(stage2_dir, f"{epoch}_net_G.pth"), dataset, pairs, targets)
+        scores.append({"epoch": epoch, **res})
+        images.append(generated[:keep])
+    return scores, images
+
+
+@dataclass
+class Stage2Study:
+    """What one Stage II run learned: held-out L1/SSIM of the trivial predictors and of G per epoch,
+    and the pose-transfer grid (:func:`transfer_grid`)."""
+
+    pairs: int
+    baselines: Dict[str, Dict[str, float]]
+    epochs: List[Dict[str, float]]
+    grid: np.ndarray
+
+    @property
+    def beats_trivial(self) -> bool:
+        """G's last epoch is better than every trivial predictor on both L1 and SSIM."""
+        last = self.epochs[-1]
+        return all(last["L1"] < b["L1"] and last["SSIM"] > b["SSIM"] for b in self.baselines.values())
+
+
+def study_stage2(stage2_dir: PathLike, epochs: Sequence[int], dataset: Dataset, height: int, width: int,
+                 grid_rows: int = 6, pairs_per_id: int = 2) -> Stage2Study:
+    """Score a Stage II run's saved epochs on held-out identities and draw its grid."""
+    pairs = held_out_pairs(dataset, pairs_per_id)
+    baselines, targets, sources = baseline_scores(dataset, pairs, height, width)
+    scores, images = stage2_epoch_scores(stage2_dir, epochs, dataset, pairs, targets, keep=grid_rows)
+    grid = pose_transfer_grid(dataset, pairs[:grid_rows], sources[:grid_rows], targets[:grid_rows], images)
+    return Stage2Study(len(pairs), baselines, scores, grid)
+
+
+def pose_transfer_grid(dataset: Dataset, pairs: Sequence[TransferPair], sources: np.ndarray, targets: np.ndarray,
+                       generated_by_epoch: Sequence[np.ndarray]) -> np.ndarray:
+    """:func:`transfer_grid` with the targets' pose maps drawn as G sees them."""
+    height, width = sources.shape[1:3]
+    maps = [generate_pose_map(target_landmarks(dataset, p.target, height, width), height, width, pose_sigma(height))
+            for p in pairs]
+    return transfer_grid(sources, targets, maps, generated_by_epoch)
 
 
 def transfer_grid(sources: np.ndarray, targets: np.ndarray, pose_maps: Sequence[np.ndarray],

@@ -8,6 +8,7 @@ left ear.
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import numpy as np
 
@@ -85,3 +86,26 @@ def format_pose(landmarks: np.ndarray) -> str:
 def write_pose_file(path: PathLike, landmarks: np.ndarray) -> None:
     """Write an ``(18, 2)`` array of (row, col) as a pose file, atomically."""
     atomic_write_text(path, format_pose(landmarks))
+
+
+def scale_landmarks(landmarks: np.ndarray, from_size: Tuple[int, int], to_size: Tuple[int, int]) -> np.ndarray:
+    """Scale (row, col) keypoints from one image size to another, as the training items do.
+
+    Args:
+        landmarks: ``(K, 2)`` (row, col) pixel coordinates; a negative value marks a missing
+            keypoint.
+        from_size: (height, width) of the image the coordinates refer to.
+        to_size: (height, width) to scale them to.
+
+    Returns:
+        int64 ``(K, 2)``: each present keypoint's coordinates multiplied by the size ratio and
+        truncated; missing keypoints ``(-1, -1)`` (the release turns them into (0, 0) on large
+        images, see docs/differences.md).
+    """
+    points = np.asarray(landmarks, dtype=np.float64)
+    out = np.full(points.shape, -1, dtype=np.int64)
+    present = (points[:, 0] >= 0) & (points[:, 1] >= 0)
+    points = np.minimum(points, 2.0 ** 40)  # absurd values stay far outside the map, and castable
+    out[present, 0] = (points[present, 0] * (to_size[0] / from_size[0])).astype(np.int64)
+    out[present, 1] = (points[present, 1] * (to_size[1] / from_size[1])).astype(np.int64)
+    return out

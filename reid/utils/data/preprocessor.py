@@ -18,7 +18,7 @@ from torchvision import transforms as T
 
 from reid.errors import ConfigError, DatasetError
 from reid.utils.data.images import read_image
-from reid.utils.data.pose import read_pose_file
+from reid.utils.data.pose import read_pose_file, scale_landmarks
 from reid.utils.data.transforms import RandomSizedEarser, RectScale, normalize
 from reid.utils.osutils import PathLike
 
@@ -209,15 +209,6 @@ class Preprocessor(TorchDataset):
         others = [f for f in files if f != fname]
         return random.choice(others) if others else fname
 
-    def _scaled_landmarks(self, landmarks: np.ndarray, img_h: int, img_w: int) -> np.ndarray:
-        """Scale (row, col) from an ``img_h`` x ``img_w`` image to the output size; truncate to int."""
-        scaled = np.full(landmarks.shape, -1, dtype=np.int64)
-        present = (landmarks[:, 0] >= 0) & (landmarks[:, 1] >= 0)
-        lm = np.minimum(landmarks.astype(np.float64), 2.0 ** 40)  # absurd values stay far outside, castable
-        scaled[present, 0] = (lm[present, 0] * (self.height / img_h)).astype(np.int64)
-        scaled[present, 1] = (lm[present, 1] * (self.width / img_w)).astype(np.int64)
-        return scaled
-
     def _get_pose_item(self, index: int) -> Dict[str, Any]:
         fname, pid, _ = self.dataset[index]
         origin = self.origin_transform(read_image(self._image_path(fname)))
@@ -225,7 +216,8 @@ class Preprocessor(TorchDataset):
         target_fname = self._pick_target(fname, pid)
         target_img = read_image(self._image_path(target_fname))
         img_w, img_h = target_img.size
-        landmarks = self._scaled_landmarks(read_pose_file(self._pose_path(target_fname)), img_h, img_w)
+        landmarks = scale_landmarks(read_pose_file(self._pose_path(target_fname)), (img_h, img_w),
+                                    (self.height, self.width))
         target = self.target_transform(target_img)
 
         sigma = self.sigma
