@@ -20,9 +20,10 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 # The pose-estimator tests run scripts/generate_poses.py in .venv-pose, so `make test` builds both;
-# the HTML pages are checked in headless Chromium.
+# the HTML pages are checked in headless Chromium. Test files run in parallel processes (one per
+# core, at most 4); a file's tests stay in one process so its module fixtures are built once.
 test: setup setup-pose setup-browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile tests
 
 # Debian's chromium, installed with apt-get when missing and this is root (CI, containers);
 # otherwise say what to install (the HTML tests fail with the same message without it).

@@ -77,7 +77,7 @@ def _gan(cfg: ExperimentConfig, seed: int, checkpoints: str, name: str, stage: i
         arch=cfg.arch, batch_size=16, workers=cfg.workers, height=cfg.height, width=cfg.width, pose_aug="gauss",
         smooth_label=True, lambda_recon=cfg.lambda_recon, display_id=0, no_html=True,
         max_iters_per_epoch=cfg.gan_iters, print_freq=10 ** 6, display_freq=10 ** 6, update_html_freq=10 ** 6,
-        device="cpu", no_progress=True, seed=seed, protocol="both",
+        device="cpu", progress=False, seed=seed, protocol="both",
     )
     base.update(kw)
     return run_training(TrainConfig(**base))
