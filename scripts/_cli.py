@@ -1,7 +1,7 @@
 """The shape every tool script shares: parse the flags, set up logging, run, report.
 
 A script's ``main(argv)`` is ``run_cli(build_parser(), argv, body)``: ``body(args)`` does the work
-and returns the line to print; a project error (:class:`reid.errors.FDGANError`) is printed as
+and returns the line to print (or an empty string); a project error (:class:`reid.errors.FDGANError`) is printed as
 ``error: <message>`` on stderr and gives exit status 2.
 """
 from __future__ import annotations
@@ -24,5 +24,6 @@ def run_cli(parser: argparse.ArgumentParser, argv: Optional[List[str]],
     except FDGANError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(message)
+    if message:
+        print(message)
     return 0

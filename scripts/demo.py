@@ -64,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="demo_output", help="folder of all demo outputs")
     p.add_argument("--height", type=int, default=64, help="image height for all stages (multiple of 32)")
     p.add_argument("--width", type=int, default=32, help="image width (multiple of 32)")
-    p.add_argument("--stage1-epochs", type=int, default=12)
-    p.add_argument("--gan-iters", type=int, default=40, help="iterations per Stage II/III epoch")
+    # Sized for the 15-minute budget on slow 2-core machines (docs/demo.md says what that cut).
+    p.add_argument("--stage1-epochs", type=int, default=8)
+    p.add_argument("--stage2-epochs", type=int, default=4, help="Stage II epochs (the last half decays the lr)")
+    p.add_argument("--stage3-epochs", type=int, default=2, help="Stage III epochs (the last half decays the lr)")
+    p.add_argument("--gan-iters", type=int, default=30, help="iterations per Stage II/III epoch")
     p.add_argument("-j", "--workers", type=int, default=2)
     args = p.parse_args(argv)
 
@@ -82,28 +85,31 @@ def main(argv: list[str] | None = None) -> int:
 
     stage1 = os.path.join(out, "stage1")
     run([py, "baseline.py", *common, *size, "--data-dir", args.data_dir, "-a", "resnet18", "--no-pretrained",
-         "-b", "32", "--lr", "0.01", "--epochs", str(args.stage1_epochs), "--step-size", "10", "--eval-step", "4",
+         "-b", "32", "--lr", "0.01", "--epochs", str(args.stage1_epochs),
+         "--step-size", str(max(1, args.stage1_epochs * 5 // 6)), "--eval-step", str(max(1, args.stage1_epochs // 2)),
          "--augment", "none", "--protocol", "both", "--logs-dir", stage1])
 
     gan = ["--arch", "resnet18", "-b", "16", "--dataroot", args.data_dir, "--checkpoints", out, "--pose-aug", "gauss",
            "--smooth-label", "--lambda-recon", "100", "--lambda-sp", "10", "--display-id", "0",
            "--max-iters-per-epoch", str(args.gan_iters), "--display-freq", "160", "--update-html-freq", "160",
            "--print-freq", "160"]
-    run([py, "train.py", *common, *size, *gan, "--stage", "1", "--name", "stage2", "--niter", "3",
-         "--niter-decay", "2", "--lr", "0.01", "--save-step", "1", "--lambda-veri", "0",
+    n2, n3 = args.stage2_epochs, args.stage3_epochs
+    run([py, "train.py", *common, *size, *gan, "--stage", "1", "--name", "stage2", "--niter", str(n2 - n2 // 2),
+         "--niter-decay", str(n2 // 2), "--lr", "0.01", "--save-step", "1", "--lambda-veri", "0",
          "--netE-pretrain", os.path.join(stage1, "model_best.pth.tar")])
     s2 = os.path.join(out, "stage2")
     dataset = Dataset(root)
     dataset.load(num_val=0.2, verbose=False)
     log.info("\nScoring Stage II's generator on held-out identities after each epoch")
-    study = study_stage2(s2, range(1, 6), dataset, args.height, args.width)
+    study = study_stage2(s2, range(1, n2 + 1), dataset, args.height, args.width)
     save_image(study.grid, os.path.join(out, "stage2_transfer.png"))
-    for epoch in range(1, 5):  # Stage III starts from epoch 5; the others were kept only to be scored
+    for epoch in range(1, n2):  # Stage III starts from the last epoch; the others were kept only to be scored
         for net in ("E", "G", "Di", "Dp"):
             os.remove(os.path.join(s2, f"{epoch}_net_{net}.pth"))
-    nets = [x for n in ("E", "G", "Di", "Dp") for x in (f"--net{n}-pretrain", os.path.join(s2, f"5_net_{n}.pth"))]
-    run([py, "train.py", *common, *size, *gan, *nets, "--stage", "2", "--name", "stage3", "--niter", "2",
-         "--niter-decay", "1", "--lr", "0.001", "--save-step", "3", "--eval-step", "1", "--lambda-veri", "10",
+    nets = [x for n in ("E", "G", "Di", "Dp") for x in (f"--net{n}-pretrain", os.path.join(s2, f"{n2}_net_{n}.pth"))]
+    run([py, "train.py", *common, *size, *gan, *nets, "--stage", "2", "--name", "stage3", "--niter", str(n3 - n3 // 2),
+         "--niter-decay", str(n3 // 2), "--lr", "0.001", "--save-step", str(n3), "--eval-step", "1",
+         "--lambda-veri", "10",
          "--protocol", "both"])
     s3 = os.path.join(out, "stage3")
 
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                ("Stage II training visuals", "stage2/web/index.html"),
                ("Stage III training visuals", "stage3/web/index.html")],
         notes=[f"Settings: ResNet-18 from random weights, {args.height} x {args.width} images, Stage I "
-               f"{args.stage1_epochs} epochs, Stages II/III {args.gan_iters} iterations per epoch; "
+               f"{args.stage1_epochs} epochs, Stage II {n2} and Stage III {n3} epochs of {args.gan_iters} iterations; "
                f"total {time.time() - start:.0f} s on this machine.",
                "First stage = Euclidean distance of E's pooled features; second stage = the verification head "
                "re-scores each query's top candidates (75 for Stage I, 100 for Stage III)."],

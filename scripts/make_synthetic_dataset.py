@@ -16,8 +16,7 @@ from typing import List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset  # noqa: E402
-from reid.errors import FDGANError  # noqa: E402
-from reid.utils.logging import setup_logging  # noqa: E402
+from scripts._cli import run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,17 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    config = SyntheticConfig(num_ids=args.num_ids, num_cams=args.num_cams, images_per_cam=args.images_per_cam,
-                             height=args.height, width=args.width, seed=args.seed,
-                             num_distractors=args.num_distractors)
-    try:
+    def body(args: argparse.Namespace) -> str:
+        config = SyntheticConfig(num_ids=args.num_ids, num_cams=args.num_cams, images_per_cam=args.images_per_cam,
+                                 height=args.height, width=args.width, seed=args.seed,
+                                 num_distractors=args.num_distractors)
         generate_synthetic_dataset(args.root, config, force=args.force)
-    except FDGANError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return ""
+
+    return run_cli(build_parser(), argv, body)
 
 
 if __name__ == "__main__":

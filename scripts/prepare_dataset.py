@@ -19,8 +19,7 @@ from typing import List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reid.datasets.converters import CONVERTERS, convert  # noqa: E402
-from reid.errors import FDGANError  # noqa: E402
-from reid.utils.logging import setup_logging  # noqa: E402
+from scripts._cli import run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,18 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    generic = dict(train_dir=args.train_dir, query_dir=args.query_dir, gallery_dir=args.gallery_dir, name=args.name)
-    if args.dataset != "generic" and generic != dict(train_dir="train", query_dir="query", gallery_dir="gallery",
-                                                     name=None):
-        parser.error("--train-dir, --query-dir, --gallery-dir and --name apply only to 'generic'")
-    setup_logging()
-    try:
+
+    def body(args: argparse.Namespace) -> str:
+        generic = dict(train_dir=args.train_dir, query_dir=args.query_dir, gallery_dir=args.gallery_dir,
+                       name=args.name)
+        if args.dataset != "generic" and generic != dict(train_dir="train", query_dir="query",
+                                                         gallery_dir="gallery", name=None):
+            parser.error("--train-dir, --query-dir, --gallery-dir and --name apply only to 'generic'")
         convert(args.dataset, args.src, args.dst, **(generic if args.dataset == "generic" else {}))
-    except FDGANError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return ""
+
+    return run_cli(parser, argv, body)
 
 
 if __name__ == "__main__":
