@@ -1,8 +1,9 @@
 """The shape every tool script shares: parse the flags, set up logging, run, report.
 
 A script's ``main(argv)`` is ``run_cli(build_parser(), argv, body)``: ``body(args)`` does the work
-and returns the line to print (or an empty string); a project error (:class:`reid.errors.FDGANError`) is printed as
-``error: <message>`` on stderr and gives exit status 2.
+and returns the line to print (or an empty string); a project error
+(:class:`reid.errors.FDGANError`) is printed as ``error: <message>`` on stderr and gives exit
+status 2.
 """
 from __future__ import annotations
 
