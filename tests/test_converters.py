@@ -305,10 +305,7 @@ def test_generic_folder_with_custom_names(tmp_path: Any) -> None:
 
 
 def test_prepare_dataset_cli(tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
-    _run_cli(load_script("prepare_dataset"), tmp_path, capsys)
-
-
-def _run_cli(cli: Any, tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
+    cli = load_script("prepare_dataset")
     assert cli.main(["market1501", "--src", str(tmp_path / "nope.zip"), "--dst", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nope.zip: not found" in err
