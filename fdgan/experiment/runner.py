@@ -12,7 +12,7 @@ import numpy as np
 
 from fdgan.experiment.measures import match_pose_distances, paired_stats, pose_split_scores
 from fdgan.experiment.transfer_eval import (
-    baseline_scores, held_out_pairs, pose_transfer_grid, stage2_epoch_scores,
+    baseline_scores, beats_trivial, held_out_pairs, pose_transfer_grid, stage2_epoch_scores,
 )
 from fdgan.pipeline import TrainConfig, run_training
 from reid.datasets import create
@@ -195,7 +195,7 @@ def summarise(cfg: ExperimentConfig, q1: _Q1, reid: Dict[str, Dict[int, dict]], 
                        "SSIM": float(np.mean([p["SSIM"] for p in per])),
                        "per_seed": {str(s): {"L1": p["L1"], "SSIM": p["SSIM"]} for s, p in zip(seeds, per)}})
     last = epochs[-1]
-    beats = all(last["L1"] < b["L1"] and last["SSIM"] > b["SSIM"] for b in q1.baselines.values())
+    beats = beats_trivial(last, q1.baselines)
     parts = {}
     for model in ("Stage I", "Stage III"):
         parts[model] = {part: {m: float(np.nanmean([q2[s][model][part][m] for s in seeds])) for m in ("mAP", "top1")}

@@ -125,6 +125,11 @@ def stage2_epoch_scores(stage2_dir: PathLike, epochs: Sequence[int], dataset: Da
     return scores, images
 
 
+def beats_trivial(scores: Dict[str, float], baselines: Dict[str, Dict[str, float]]) -> bool:
+    """``scores`` (L1, SSIM) are better than every trivial predictor's on both: lower L1, higher SSIM."""
+    return all(scores["L1"] < b["L1"] and scores["SSIM"] > b["SSIM"] for b in baselines.values())
+
+
 @dataclass
 class Stage2Study:
     """What one Stage II run learned: held-out L1/SSIM of the trivial predictors and of G per epoch,
@@ -138,8 +143,7 @@ class Stage2Study:
     @property
     def beats_trivial(self) -> bool:
         """G's last epoch is better than every trivial predictor on both L1 and SSIM."""
-        last = self.epochs[-1]
-        return all(last["L1"] < b["L1"] and last["SSIM"] > b["SSIM"] for b in self.baselines.values())
+        return beats_trivial(self.epochs[-1], self.baselines)
 
 
 def study_stage2(stage2_dir: PathLike, epochs: Sequence[int], dataset: Dataset, height: int, width: int,
