@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept skeletons whose nose, shoulders, hips, knees, ankles are not top to bottom")
     p.add_argument("--no-pad", action="store_true", help="do not pad images to a square on the first try")
     p.add_argument("--overwrite", action="store_true", help="redo images that already have a pose file")
-    p.add_argument("--preview", type=int, default=16, metavar="N", help="random images in the HTML preview (default: 16; 0: none)")
+    p.add_argument("--preview", type=int, default=16, metavar="N",
+                   help="random images in the HTML preview (default: 16; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the preview's random choice (default: 0)")
     return p
 

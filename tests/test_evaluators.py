@@ -132,8 +132,6 @@ def test_cascade_evaluator_reports_both_stages():
 
 
 def test_k_reciprocal_option_of_the_test_evaluation(synthetic_root):
-    import os
-
     from reid.evaluators import extract_features, ids_and_cams
     from reid.pipelines.common import build_siamese, evaluate_on_test, load_dataset
     from reid.utils.data.loaders import build_eval_loader, unique_items

@@ -3,15 +3,22 @@ import json
 import math
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from fdgan.experiment.measures import (
     image_scores, match_pose_distances, paired_stats, pose_distance, pose_split_scores, split_matches,
     trivial_predictions,
 )
-from fdgan.experiment.transfer_eval import Stage2Study
+from fdgan.experiment.transfer_eval import (
+    Stage2Study, TransferPair, held_out_pairs, input_sensitivity, swap_partners, target_landmarks,
+)
+from fdgan.utils.util import IMAGENET_MEAN, IMAGENET_STD
+from reid.datasets import create
+from reid.errors import DatasetError
 
 SQUARE = np.array([[10, 10], [10, 20], [20, 10], [20, 20]], dtype=float)
 
@@ -111,6 +118,55 @@ def test_stage2_study_beats_trivial_only_on_both_scores_against_both_predictors(
     assert not study(0.20, 0.50).beats_trivial  # worse L1 than the mean image
 
 
+# ----------------------------------------------------------------------------- what G depends on
+
+def test_swap_partners_take_the_next_pair_of_another_identity():
+    pairs = [TransferPair(f"{i}.jpg", f"{i}t.jpg", pid) for i, pid in enumerate([1, 1, 2, 2, 3])]
+    assert swap_partners(pairs) == [2, 2, 4, 4, 0]
+    with pytest.raises(DatasetError):
+        swap_partners(pairs[:2])
+
+
+class _GreyG:
+    """Stands in for PoseTransfer: G paints the whole image one grey level (0-255), read from the
+    source's feature (``use="identity"``) or from the target pose's lowest keypoint row (``use="pose"``)."""
+
+    height, width, batch_size, device = 64, 32, 3, torch.device("cpu")
+    config = SimpleNamespace(noise_nc=2)
+
+    def __init__(self, levels, use):
+        self.levels, self.use = levels, use
+
+    def source_features(self, paths):
+        return torch.tensor([[float(self.levels[os.path.basename(p)])] for p in paths])
+
+    def pose_maps(self, landmarks):
+        return torch.stack([torch.full((1, self.height, self.width), float(round(max(lm[:, 0])))) for lm in landmarks])
+
+    def netG(self, maps, features, noise):
+        level = features.view(-1) if self.use == "identity" else maps[:, 0, 0, 0]
+        mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        return (level.view(-1, 1, 1, 1) / 255.0 - mean) / std * torch.ones(1, 1, self.height, self.width)
+
+
+def test_input_sensitivity_of_generators_that_use_one_input(synthetic_root):
+    ds = create("synthetic", synthetic_root)
+    pairs = held_out_pairs(ds, 1)[:3]
+    partner = [1, 2, 0]  # three identities: the next pair is always another person
+    levels = {os.path.basename(p.source): level for p, level in zip(pairs, (40, 100, 220))}
+    targets = np.stack([np.full((64, 32, 3), v) for v in (0.1, 0.5, 0.6)])
+
+    by_id = input_sensitivity(_GreyG(levels, "identity"), ds, pairs, targets)
+    assert by_id["identity"] == pytest.approx((60 + 120 + 180) / 3 / 255)
+    assert by_id["pose"] == 0 and by_id["noise"] == 0
+    assert by_id["real persons"] == pytest.approx((0.4 + 0.1 + 0.5) / 3)
+
+    rows = [round(max(target_landmarks(ds, p.target, 64, 32)[:, 0])) for p in pairs]
+    by_pose = input_sensitivity(_GreyG(levels, "pose"), ds, pairs, targets)
+    assert by_pose["identity"] == 0 and by_pose["noise"] == 0
+    assert by_pose["pose"] == pytest.approx(np.mean([abs(rows[i] - rows[j]) for i, j in enumerate(partner)]) / 255)
+
+
 # ----------------------------------------------------------------------------- paired statistics
 
 def test_paired_stats_by_hand():
@@ -154,6 +210,13 @@ def test_tiny_experiment_writes_consistent_page_and_json(tmp_path):
     last = q1["epochs"][-1]
     assert q1["goal_reached"] == all(last["L1"] < b["L1"] and last["SSIM"] > b["SSIM"]
                                      for b in q1["baselines"].values())
+
+    inputs = q1["inputs"]
+    assert set(inputs["mean"]) == {"Stage II", "Stage III"}
+    for g, v in inputs["mean"].items():
+        assert v == pytest.approx(inputs["per_seed"]["1"][g]) and f"{v['identity']:.4f}" in page
+    # The real targets' difference does not depend on the generator.
+    assert inputs["mean"]["Stage II"]["real persons"] == inputs["mean"]["Stage III"]["real persons"]
 
     q2 = res["q2_pose_invariance"]
     for model in ("Stage I", "Stage III"):

@@ -26,6 +26,9 @@ def tables(results: Dict[str, Any]) -> Dict[str, Table]:
     q1, q2, q3 = results["q1_generation"], results["q2_pose_invariance"], results["q3_reid"]
     gen_rows = [[name, f"{s['L1']:.4f}", f"{s['SSIM']:.4f}"] for name, s in q1["baselines"].items()]
     gen_rows += [[f"G, Stage II epoch {e['epoch']}", f"{e['L1']:.4f}", f"{e['SSIM']:.4f}"] for e in q1["epochs"]]
+    inputs = q1["inputs"]["mean"]
+    input_rows = [[f"G after {g}", *(f"{v[k]:.4f}" for k in ("identity", "pose", "noise", "real persons"))]
+                  for g, v in inputs.items()]
     pose_rows = []
     for model, parts in q2["mean"].items():
         pose_rows.append([model, _pct(parts["similar"]["mAP"]), _pct(parts["different"]["mAP"]),
@@ -46,6 +49,10 @@ def tables(results: Dict[str, Any]) -> Dict[str, Table]:
     return {
         "1. Stage II pose transfer on held-out identities (L1 lower, SSIM higher is better)":
             (["predictor", "L1", "SSIM"], gen_rows),
+        "1b. What G's image depends on: mean absolute change (in [0, 1]) when one input is swapped for another "
+        "pair's, mean over seeds":
+            (["generator", "another person's source (identity)", "another target pose", "another noise vector",
+              "real targets of the two persons (for scale)"], input_rows),
         "2. Pose invariance: mAP / top-1 (%) on similar- and different-pose matches, mean over seeds":
             (["encoder", "mAP similar", "mAP different", "mAP gap", "top-1 similar", "top-1 different",
               "top-1 gap"], pose_rows),

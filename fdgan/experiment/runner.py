@@ -12,8 +12,9 @@ import numpy as np
 
 from fdgan.experiment.measures import match_pose_distances, paired_stats, pose_split_scores
 from fdgan.experiment.transfer_eval import (
-    baseline_scores, beats_trivial, held_out_pairs, pose_transfer_grid, stage2_epoch_scores,
+    baseline_scores, beats_trivial, held_out_pairs, input_sensitivity, pose_transfer_grid, stage2_epoch_scores,
 )
+from fdgan.generation import PoseTransfer
 from fdgan.pipeline import TrainConfig, run_training
 from reid.datasets import create
 from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
@@ -125,6 +126,7 @@ class _Q1:
     baselines: Dict[str, Dict[str, float]] = field(default_factory=dict)
     per_seed: Dict[int, List[Dict[str, float]]] = field(default_factory=dict)
     grid_images: List[np.ndarray] = field(default_factory=list)
+    sensitivity: Dict[int, Dict[str, Dict[str, float]]] = field(default_factory=dict)
 
 
 def _stage2_epochs(cfg: ExperimentConfig, q1: _Q1, seed: int, s2: str, first_seed: bool) -> None:
@@ -136,6 +138,13 @@ def _stage2_epochs(cfg: ExperimentConfig, q1: _Q1, seed: int, s2: str, first_see
     for epoch in epochs[:-1]:  # Stage III starts from the last epoch; the rest only need E and G
         for n in ("Di", "Dp"):
             os.remove(os.path.join(s2, f"{epoch}_net_{n}.pth"))
+
+
+def _sensitivity(cfg: ExperimentConfig, q1: _Q1, seed: int, nets: Dict[str, Tuple[str, str]]) -> None:
+    ds = create("synthetic", os.path.join(cfg.data_root, "synthetic"))
+    q1.sensitivity[seed] = {name: input_sensitivity(PoseTransfer(e, g, device="cpu", batch_size=32), ds, q1.pairs,
+                                                    q1.targets)
+                            for name, (e, g) in nets.items()}
 
 
 def _timed(timings: Dict[str, float], key: str, fn, *args, **kw):
@@ -169,9 +178,14 @@ def run_experiment(cfg: ExperimentConfig) -> Dict[str, Any]:
                netE_pretrain=os.path.join(s1, "model_best.pth.tar"))
         _timed(timings, f"seed {seed} Stage II scoring", _stage2_epochs, cfg, q1, seed, s2, k == 0)
         reid["Stage III"][seed] = _timed(timings, f"seed {seed} Stage III", _stage3, cfg, seed, seed_dir, "stage3")
+        s3 = os.path.join(seed_dir, "stage3")
+        last = os.path.join(s2, str(cfg.stage2_epochs))
+        _timed(timings, f"seed {seed} G's inputs", _sensitivity, cfg, q1, seed, {
+            "Stage II": (last + "_net_E.pth", last + "_net_G.pth"),
+            "Stage III": (os.path.join(s3, "best_net_E.pth"), os.path.join(s3, "best_net_G.pth"))})
         q2[seed] = _timed(timings, f"seed {seed} pose split", pose_invariance, cfg, {
             "Stage I": os.path.join(s1, "model_best.pth.tar"),
-            "Stage III": os.path.join(seed_dir, "stage3", "best_net_E.pth")})
+            "Stage III": os.path.join(s3, "best_net_E.pth")})
         if k == 0 and cfg.ablation:
             for name, kw in (("Stage III, lambda_sp 0", {"lambda_sp": 0.0}),
                              ("Stage III, lambda_veri 0", {"lambda_veri": 0.0})):
@@ -196,6 +210,8 @@ def summarise(cfg: ExperimentConfig, q1: _Q1, reid: Dict[str, Dict[int, dict]], 
                        "per_seed": {str(s): {"L1": p["L1"], "SSIM": p["SSIM"]} for s, p in zip(seeds, per)}})
     last = epochs[-1]
     beats = beats_trivial(last, q1.baselines)
+    sensitivity = {g: {k: float(np.mean([q1.sensitivity[s][g][k] for s in seeds])) for k in q1.sensitivity[seeds[0]][g]}
+                   for g in q1.sensitivity[seeds[0]]}
     parts = {}
     for model in ("Stage I", "Stage III"):
         parts[model] = {part: {m: float(np.nanmean([q2[s][model][part][m] for s in seeds])) for m in ("mAP", "top1")}
@@ -220,7 +236,8 @@ def summarise(cfg: ExperimentConfig, q1: _Q1, reid: Dict[str, Dict[int, dict]], 
     return {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
         "q1_generation": {"pairs": len(q1.pairs), "baselines": q1.baselines, "epochs": epochs,
-                          "goal_reached": bool(beats), "grid": "transfer_grid.png"},
+                          "goal_reached": bool(beats), "grid": "transfer_grid.png",
+                          "inputs": {"mean": sensitivity, "per_seed": {str(s): q1.sensitivity[s] for s in seeds}}},
         "q2_pose_invariance": {"threshold_per_seed": {str(s): q2[s]["threshold"] for s in seeds},
                                "mean": parts, "per_seed": {str(s): {m: q2[s][m] for m in ("Stage I", "Stage III")}
                                                            for s in seeds},

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -13,6 +13,7 @@ from PIL import Image
 from fdgan.experiment.measures import image_scores, trivial_predictions
 from fdgan.generation import PoseTransfer, draw_noise
 from fdgan.utils.util import posemap2im, tensor2im
+from reid.errors import DatasetError
 from reid.utils.data.dataset import Dataset
 from reid.utils.data.images import read_image
 from reid.utils.data.pose import read_pose_file, scale_landmarks
@@ -125,6 +126,36 @@ def stage2_epoch_scores(stage2_dir: PathLike, epochs: Sequence[int], dataset: Da
     return scores, images
 
 
+def swap_partners(pairs: Sequence[TransferPair]) -> List[int]:
+    """For each pair, the index of the next pair (cyclically) that shows another identity."""
+    n = len(pairs)
+    partners = []
+    for i, pair in enumerate(pairs):
+        j = next((k % n for k in range(i + 1, i + n) if pairs[k % n].pid != pair.pid), None)
+        if j is None:
+            raise DatasetError("swap partners need pairs of at least two identities")
+        partners.append(j)
+    return partners
+
+
+def input_sensitivity(transfer: PoseTransfer, dataset: Dataset, pairs: Sequence[TransferPair],
+                      targets: np.ndarray, seed: int = 0) -> Dict[str, float]:
+    """What G's image depends on: the mean absolute change (in [0, 1]) of G(E(source), pose of
+    target, z) when only the source is swapped for another identity's ("identity"), only the target
+    pose for another pair's ("pose"), or only the noise is redrawn ("noise"); "real persons" is the
+    same measure between the real targets of those pairs, for scale. Partners: :func:`swap_partners`."""
+    partner = swap_partners(pairs)
+    base = generate_pairs(transfer, dataset, pairs, seed=seed)
+    other_id = [TransferPair(pairs[j].source, p.target, p.pid) for p, j in zip(pairs, partner)]
+    other_pose = [TransferPair(p.source, pairs[j].target, p.pid) for p, j in zip(pairs, partner)]
+    changed = {"identity": generate_pairs(transfer, dataset, other_id, seed=seed),
+               "pose": generate_pairs(transfer, dataset, other_pose, seed=seed),
+               "noise": generate_pairs(transfer, dataset, pairs, seed=seed + 1)}
+    out = {name: float(np.abs(images - base).mean()) for name, images in changed.items()}
+    out["real persons"] = float(np.abs(targets[partner] - targets).mean())
+    return out
+
+
 def beats_trivial(scores: Dict[str, float], baselines: Dict[str, Dict[str, float]]) -> bool:
     """``scores`` (L1, SSIM) are better than every trivial predictor's on both: lower L1, higher SSIM."""
     return all(scores["L1"] < b["L1"] and scores["SSIM"] > b["SSIM"] for b in baselines.values())
@@ -133,12 +164,14 @@ def beats_trivial(scores: Dict[str, float], baselines: Dict[str, Dict[str, float
 @dataclass
 class Stage2Study:
     """What one Stage II run learned: held-out L1/SSIM of the trivial predictors and of G per epoch,
-    and the pose-transfer grid (:func:`transfer_grid`)."""
+    the pose-transfer grid (:func:`transfer_grid`), and what the last epoch's G depends on
+    (:func:`input_sensitivity`)."""
 
     pairs: int
     baselines: Dict[str, Dict[str, float]]
     epochs: List[Dict[str, float]]
     grid: np.ndarray
+    inputs: Dict[str, float] = field(default_factory=dict)
 
     @property
     def beats_trivial(self) -> bool:
@@ -153,7 +186,9 @@ def study_stage2(stage2_dir: PathLike, epochs: Sequence[int], dataset: Dataset, 
     baselines, targets, sources = baseline_scores(dataset, pairs, height, width)
     scores, images = stage2_epoch_scores(stage2_dir, epochs, dataset, pairs, targets, keep=grid_rows)
     grid = pose_transfer_grid(dataset, pairs[:grid_rows], sources[:grid_rows], targets[:grid_rows], images)
-    return Stage2Study(len(pairs), baselines, scores, grid)
+    last = os.path.join(stage2_dir, str(epochs[-1]))
+    transfer = PoseTransfer(last + "_net_E.pth", last + "_net_G.pth", device="cpu", batch_size=32)
+    return Stage2Study(len(pairs), baselines, scores, grid, input_sensitivity(transfer, dataset, pairs, targets))
 
 
 def pose_transfer_grid(dataset: Dataset, pairs: Sequence[TransferPair], sources: np.ndarray, targets: np.ndarray,
