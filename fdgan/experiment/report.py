@@ -91,7 +91,8 @@ def verdicts(results: Dict[str, Any]) -> str:
         f"(mAP gap {_signed(q2['mean']['Stage I']['gap']['mAP'])} -> {_signed(q2['mean']['Stage III']['gap']['mAP'])})",
         f"Goal 3 (Stage III's paired mAP gain exceeds the seed spread): {yes[q3['goal_reached']]} "
         f"(open-reid first stage: {_signed(main['diff_mean'])} mean difference; seed std "
-        f"{_pct(main['first_std'])} / {_pct(main['second_std'])})",
+        f"{_pct(main['first_std'])} / {_pct(main['second_std'])}; std of the paired differences "
+        f"{_pct(main['diff_std'])})",
     ])
 
 
