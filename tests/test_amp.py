@@ -85,7 +85,6 @@ def _stage2_losses(amp: bool) -> dict:
     return out
 
 
-@pytest.mark.slow
 def _cpu_has_amx_bf16() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -95,6 +94,7 @@ def _cpu_has_amx_bf16() -> bool:
 
 
 # Open defect: on CPUs with AMX (oneDNN's AMX bf16 kernels) Stage I's bf16 loss is 7 % off the fp32 one or NaN.
+@pytest.mark.slow
 @pytest.mark.xfail(_cpu_has_amx_bf16(), reason="Stage I bf16 on AMX CPUs: loss off by >5 % or NaN (open)",
                    strict=False)
 def test_stage1_bf16_losses():
