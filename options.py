@@ -34,6 +34,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="random initialisation instead of ImageNet weights (train.py: stage 1 without "
                         "--netE-pretrain; tests only)")
+    p.add_argument("--pretrained-weights", type=str, default=_R.pretrained_weights, metavar="PATH",
+                   help="start E's backbone from this local torchvision-format weights file instead of "
+                        "downloading ImageNet's (e.g. a copied ImageNet file, or scripts/pretrain_backbone.py's)")
     p.add_argument("--max-iters-per-epoch", type=positive_int, default=_R.max_iters_per_epoch,
                    help="cap iterations (quick runs)")
     p.add_argument("--protocol", type=str, default=_R.protocol, choices=["openreid", "official", "both"],

@@ -13,6 +13,7 @@ from fdgan.model import FDGANModel, check_pretrain_files
 from fdgan.utils.visualizer import Visualizer
 from reid.errors import CheckpointError, FDGANError
 from reid.evaluation_metrics import format_results
+from reid.models.pretrained import RANDOM, recorded_origin, write_origin
 from reid.pipelines.common import evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results
 from reid.pipelines.run import RunConfig, TrainingRun
 from reid.utils.data.loaders import build_pose_pair_loader
@@ -120,6 +121,10 @@ def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
     step_size = cfg.batch_size * ctx.world_size
     resume_path = os.path.join(cfg.save_dir, RESUME_FILE)
     start_epoch, total_steps, best_map = 1, 0, -1.0
+    # Where E's backbone started (ImageNet, a file, the substitute, random), carried from Stage I's folder.
+    origin = recorded_origin(cfg.netE_pretrain) if cfg.netE_pretrain else dict(RANDOM)
+    if ctx.is_main:
+        write_origin(cfg.save_dir, origin)
     if cfg.resume and os.path.isfile(resume_path):
         state = load_checkpoint(resume_path)
         model.load_state_dict(state["model"], source=resume_path)
@@ -190,7 +195,7 @@ def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
                 logger.info("Epoch %d: new best validation mAP %.1f%%", epoch, 100 * val_map)
         model.update_learning_rate()
         run.save_state({"model": model.state_dict(), "epoch": epoch, "total_steps": total_steps,
-                        "best_map": best_map}, resume_path)
+                        "best_map": best_map, "backbone": origin}, resume_path)
 
     if cfg.stage != 2 or not ctx.is_main:
         return {}
@@ -208,7 +213,7 @@ def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
                             + format_results(res["second_stage"], "second stage"))
     out = os.path.join(cfg.save_dir, "results.json")
     write_results(out, results, checkpoint=os.path.abspath(best_e), dataset=cfg.dataset, split=cfg.split,
-                  rerank_topk=topk, best_val_mAP=best_map)
+                  rerank_topk=topk, best_val_mAP=best_map, backbone=origin)
     logger.info("Metrics written to %s", out)
     return results
 

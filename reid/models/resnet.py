@@ -12,7 +12,7 @@ import os
 import pickle
 import urllib.parse
 import zipfile
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from torchvision.models import (
 )
 
 from reid.errors import ConfigError, first_line
+from reid.models.pretrained import RANDOM, read_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,12 @@ class ResNet(nn.Module):
 
     Args:
         depth: 18, 34, 50, 101 or 152.
-        pretrained: load torchvision's ImageNet (IMAGENET1K_V1) weights into ``base``; when they
-            are neither cached nor downloadable a :class:`ConfigError` says which file to put
-            where. False: random initialisation (conv Kaiming-normal fan_out, BN 1/0,
-            Linear N(0, 0.001)).
+        pretrained: True: load torchvision's ImageNet (IMAGENET1K_V1) weights into ``base``; when
+            they are neither cached nor downloadable a :class:`ConfigError` says which file to put
+            where. A path: load that torchvision-format weights file instead (a local ImageNet
+            copy, or the rendered-identity substitute of :mod:`reid.pipelines.pretrain`; see
+            :func:`reid.models.pretrained.read_weights_file`). False: random initialisation (conv
+            Kaiming-normal fan_out, BN 1/0, Linear N(0, 0.001)).
         cut_at_pooling: return the pooled feature vector (what FD-GAN uses); the heads below are
             then not built.
         num_features: size of an optional Linear + BatchNorm1d embedding after pooling (0: none).
@@ -106,6 +109,7 @@ class ResNet(nn.Module):
         num_classes: size of an optional Linear classifier (0: none).
 
     Attributes:
+        backbone_origin: where ``base``'s weights came from (:mod:`reid.models.pretrained`).
         pooled_features: size of the pooled vector (2048 for ResNet-50/101/152, 512 for 18/34).
         num_features: size of the feature fed to the classifier: the pooled size unless an
             embedding was built. Equals ``pooled_features`` when ``cut_at_pooling``.
@@ -115,7 +119,7 @@ class ResNet(nn.Module):
     def __init__(
         self,
         depth: int,
-        pretrained: bool = True,
+        pretrained: Union[bool, str] = True,
         cut_at_pooling: bool = False,
         num_features: int = 0,
         norm: bool = False,
@@ -149,7 +153,13 @@ class ResNet(nn.Module):
         self.out_features = self.num_classes if self.num_classes > 0 else self.num_features
 
         self.reset_params()
-        if pretrained:
+        self.backbone_origin: Dict[str, Any] = dict(RANDOM)
+        if isinstance(pretrained, (str, os.PathLike)):
+            state, self.backbone_origin = read_weights_file(os.fspath(pretrained), depth)
+            self.base.load_state_dict(state, strict=False)
+            log.info("resnet%d: loaded %d feature tensors from %s", depth, self.backbone_origin["tensors_loaded"],
+                     pretrained)
+        elif pretrained:
             state = _imagenet_state_dict(depth)
             try:
                 self.base.load_state_dict(state)
@@ -159,6 +169,8 @@ class ResNet(nn.Module):
                     f"({first_line(e)}); replace it or pass --no-pretrained"
                 ) from None
             log.info("resnet%d: loaded ImageNet weights from %s", depth, imagenet_weights_file(depth))
+            self.backbone_origin = {"kind": "imagenet", "weights": _WEIGHTS[depth].name,
+                                    "file": os.path.basename(imagenet_weights_file(depth))}
 
     def reset_params(self) -> None:
         """Randomly initialise every layer (the ``pretrained=False`` state)."""

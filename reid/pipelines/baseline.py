@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from reid.errors import CheckpointError, ConfigError
+from reid.models.pretrained import recorded_origin, write_origin
 from reid.pipelines.common import (
     build_siamese, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results,
 )
@@ -76,7 +77,8 @@ def run_baseline(cfg: BaselineConfig) -> dict:
 def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
     device, ctx = run.device, run.dist
     dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.num_val, protocol=protocols[0])
-    model = build_siamese(cfg.arch, pretrained=cfg.pretrained and not cfg.resume, num_classes=2).to(device)
+    model = build_siamese(cfg.arch, pretrained=False if cfg.resume else cfg.backbone_init(), num_classes=2).to(device)
+    origin = _origin(cfg.resume) if cfg.resume else model.base_model.backbone_origin
     eval_kwargs = dict(dataset_name=cfg.dataset, data_dir=cfg.data_dir, split_id=cfg.split, protocols=protocols,
                        height=cfg.height, width=cfg.width, batch_size=cfg.batch_size, workers=cfg.workers,
                        device=device, num_val=cfg.num_val, progress=run.progress,
@@ -91,7 +93,7 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
         results = evaluate_on_test(model, rerank_topk=topk, title="[test] ", **eval_kwargs)
         out = os.path.join(os.path.dirname(os.path.abspath(cfg.resume)), "evaluate_results.json")
         write_results(out, results, checkpoint=os.path.abspath(cfg.resume), dataset=cfg.dataset,
-                      split=cfg.split, rerank_topk=topk)
+                      split=cfg.split, rerank_topk=topk, backbone=origin)
         logger.info("Metrics written to %s", out)
         return results
 
@@ -116,6 +118,8 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
                              mixed_precision=run.mixed_precision, dist=ctx)
 
     start_epoch, best_map = 0, -1.0
+    if ctx.is_main:
+        write_origin(cfg.logs_dir, origin)
     ckpt_path = os.path.join(cfg.logs_dir, "checkpoint.pth.tar")
     best_path = os.path.join(cfg.logs_dir, "model_best.pth.tar")
     if cfg.resume:
@@ -138,7 +142,7 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
             logger.info("Epoch %d: validation mAP %.1f%% (best %.1f%%)%s", epoch, 100 * val_map,
                         100 * best_map, " *" if is_best else "")
         state = {"state_dict": with_module_prefix(model), "epoch": epoch, "best_map": best_map,
-                 "optimizer": optimizer.state_dict()}
+                 "optimizer": optimizer.state_dict(), "backbone": origin}
         if trainer.scaler.is_enabled():
             state["scaler"] = trainer.scaler.state_dict()
         run.save_state(state, ckpt_path, is_best=is_best)
@@ -152,7 +156,7 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
     results = evaluate_on_test(model, rerank_topk=topk, title="[test] ", **eval_kwargs)
     out = os.path.join(cfg.logs_dir, "results.json")
     write_results(out, results, checkpoint=os.path.abspath(best_path), dataset=cfg.dataset, split=cfg.split,
-                  rerank_topk=topk, best_val_mAP=best_map)
+                  rerank_topk=topk, best_val_mAP=best_map, backbone=origin)
     logger.info("Metrics written to %s", out)
     return results
 
@@ -177,3 +181,11 @@ def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
     best = float(checkpoint.get("best_map", -1.0))
     logger.info("Resumed %s: continuing at epoch %d (best validation mAP %.1f%%)", path, epoch, 100 * max(best, 0))
     return epoch, best
+
+
+def _origin(checkpoint_path: str) -> dict:
+    """Where the backbone of a checkpoint started: its own ``backbone`` entry, else its folder's record."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("backbone"), dict):
+        return checkpoint["backbone"]
+    return recorded_origin(checkpoint_path)

@@ -25,6 +25,8 @@ class RunConfig:
         num_val: validation identities: a count, or a fraction if < 1 (None: the dataset's default).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         pretrained: ImageNet weights for a backbone that starts from no file.
+        pretrained_weights: a local torchvision-format file to start that backbone from instead
+            (a copy of the ImageNet file, or the substitute of scripts/pretrain_backbone.py).
         max_iters_per_epoch: cap on the iterations of an epoch (quick runs).
         protocol: query/gallery protocol of the test: ``openreid``, ``official`` or ``both``.
         rerank_topk: second-stage candidates of the test (None: the stage's default).
@@ -44,6 +46,7 @@ class RunConfig:
     num_val: Optional[float] = None
     device: str = "auto"
     pretrained: bool = True
+    pretrained_weights: str = ""
     max_iters_per_epoch: Optional[int] = None
     protocol: str = "openreid"
     rerank_topk: Optional[int] = None
@@ -53,6 +56,10 @@ class RunConfig:
     sync_bn: bool = False
     amp: bool = False
     amp_dtype: Optional[str] = None
+
+    def backbone_init(self) -> "bool | str":
+        """What ``reid.models.create(pretrained=...)`` gets for a backbone that starts from no checkpoint."""
+        return self.pretrained_weights or self.pretrained
 
     def plain(self) -> dict:
         """The settings whose values are plain scalars (what a checkpoint records)."""
