@@ -14,7 +14,7 @@ from fdgan.utils.visualizer import Visualizer
 from reid.errors import CheckpointError, FDGANError
 from reid.evaluation_metrics import format_results
 from reid.models.pretrained import RANDOM, recorded_origin, write_origin
-from reid.pipelines.common import evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results
+from reid.pipelines.common import chance_on_test, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results
 from reid.pipelines.run import RunConfig, TrainingRun
 from reid.utils.data.loaders import build_pose_pair_loader
 from reid.utils.serialization import load_checkpoint
@@ -213,7 +213,8 @@ def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
                             + format_results(res["second_stage"], "second stage"))
     out = os.path.join(cfg.save_dir, "results.json")
     write_results(out, results, checkpoint=os.path.abspath(best_e), dataset=cfg.dataset, split=cfg.split,
-                  rerank_topk=topk, best_val_mAP=best_map, backbone=origin)
+                  rerank_topk=topk, best_val_mAP=best_map, backbone=origin,
+                  chance=chance_on_test(cfg.dataset, cfg.dataroot, cfg.split, protocols, cfg.num_val))
     logger.info("Metrics written to %s", out)
     return results
 

@@ -75,16 +75,22 @@ def _save_figure(fig, path: str) -> None:
         fig.savefig(f, format="png")
 
 
+RESULTS_HEADER = ("model", "protocol", "stage", "mAP", "chance mAP", "top-1", "chance top-1", "top-5", "top-10")
+
+
 def results_rows(named_results: Mapping[str, str]) -> list[list[str]]:
-    """Table rows (model, protocol, stage, mAP, top-1, top-5, top-10) from results.json files."""
+    """Table rows (:data:`RESULTS_HEADER`) from results.json files; the chance levels are those of a
+    random ranking on the same query and gallery ('-' where the file does not record them)."""
     rows = []
     for model, path in named_results.items():
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         for protocol, stages in data["results"].items():
+            chance = data.get("chance", {}).get(protocol)
+            levels = [f"{100 * chance[k]:.1f}" if chance else "-" for k in ("mAP", "top1")]
             for stage, metrics in stages.items():
-                rows.append([model, protocol, stage.replace("_", " "),
-                             *[f"{100 * metrics[k]:.1f}" for k in ("mAP", "top1", "top5", "top10")]])
+                m = [f"{100 * metrics[k]:.1f}" for k in ("mAP", "top1", "top5", "top10")]
+                rows.append([model, protocol, stage.replace("_", " "), m[0], levels[0], m[1], levels[1], *m[2:]])
     return rows
 
 
@@ -123,7 +129,7 @@ def write_report(out_dir: str, title: str, rows: Sequence[Sequence[str]], images
     for note in notes:
         page.add_paragraph(note)
     page.add_header("Results (percent)", level=2)
-    page.add_table(("model", "protocol", "stage", "mAP", "top-1", "top-5", "top-10"), rows)
+    page.add_table(RESULTS_HEADER, rows)
     for note in results_notes:
         page.add_paragraph(note)
     for section in sections:

@@ -4,7 +4,8 @@
     python scripts/experiment.py --out experiment_output
     python scripts/experiment.py --seeds 1 2 3 4 5 --num-ids 200 --stage1-epochs 20   # larger
 
-Renders the data, runs Stage I, II and III per seed (and the lambda-sp / lambda-veri ablations for
+Builds (or reuses) the rendered-identity substitute for ImageNet that E's backbone starts from
+(``--pretrain-iters 0``: random weights), renders the data, runs Stage I, II and III per seed (and the lambda-sp / lambda-veri ablations for
 the first seed) through the library entry points of baseline.py and train.py, then writes
 ``<out>/index.html`` and ``<out>/results.json`` and prints the tables.
 """
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name in ("out", "seeds", "ablation"):
             continue
         kind = {int: positive_int, float: float, str: str}[type(f.default)]
-        if f.name == "workers":
+        if f.name in ("workers", "pretrain_iters"):
             kind = non_negative_int
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,
                        help=f"(default: {f.default})")

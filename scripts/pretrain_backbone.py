@@ -3,6 +3,7 @@
 
     python scripts/pretrain_backbone.py --out datasets/pretrained/substitute-resnet18.pth
     python baseline.py ... -a resnet18 --pretrained-weights datasets/pretrained/substitute-resnet18.pth
+    python scripts/pretrain_backbone.py --cache-dir datasets/pretrained   # reuse one with these settings
 
 The file is in torchvision's format; a sidecar <file>.json records its settings, held-out
 identity accuracy and time. --eval-dataset also reports the backbone's first-stage test mAP on a
@@ -18,14 +19,20 @@ from typing import List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reid import models  # noqa: E402
-from reid.pipelines.pretrain import PretrainConfig, evaluate_backbone, pretrain_backbone  # noqa: E402
+from reid.models.pretrained import weights_origin  # noqa: E402
+from reid.pipelines.pretrain import (  # noqa: E402
+    PretrainConfig, evaluate_backbone, pretrain_backbone, substitute_backbone,
+)
 from scripts._cli import run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = PretrainConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="weights file to write (torchvision format)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="weights file to write (torchvision format)")
+    where.add_argument("--cache-dir", metavar="DIR",
+                       help="reuse DIR/substitute-<arch>-<hash of the settings>.pth if it exists, else build it")
     p.add_argument("-a", "--arch", default=d.arch, choices=models.names())
     p.add_argument("--height", type=int, default=d.height)
     p.add_argument("--width", type=int, default=d.width)
@@ -52,11 +59,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                              num_cams=args.num_cams, seed=args.seed, iterations=args.iterations,
                              ids_per_batch=args.ids_per_batch, images_per_id=args.images_per_id, lr=args.lr,
                              heldout_ids=args.heldout_ids)
-        info = pretrain_backbone(cfg, args.out, device=args.device, workers=args.workers, progress=args.progress)
-        line = (f"{args.out}: held-out ID accuracy {100 * info['heldout_id_accuracy']:.1f}% "
-                f"in {info['seconds']:.0f} s")
+        if args.cache_dir:
+            path = substitute_backbone(cfg, args.cache_dir, device=args.device, workers=args.workers,
+                                       progress=args.progress)
+        else:
+            path = args.out
+            pretrain_backbone(cfg, path, device=args.device, workers=args.workers, progress=args.progress)
+        origin = weights_origin(path)
+        line = f"{path}: held-out ID accuracy {100 * origin['heldout_id_accuracy']:.1f}%"
         if args.eval_dataset:
-            res = evaluate_backbone(args.out, args.arch, args.eval_dataset, args.height, args.width,
+            res = evaluate_backbone(path, args.arch, args.eval_dataset, args.height, args.width,
                                     device=args.device, workers=args.workers)
             line += (f"; {os.path.basename(os.path.normpath(args.eval_dataset))} test, first stage, open-reid "
                      f"protocol: mAP {100 * res['mAP']:.1f}% (chance {100 * res['chance']['mAP']:.1f}%), "

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fdgan.experiment.measures import (
-    image_scores, match_pose_distances, paired_stats, pose_distance, pose_split_scores, split_matches,
+    image_scores, improves, match_pose_distances, paired_stats, pose_distance, pose_split_scores, split_matches,
     trivial_predictions,
 )
 from fdgan.experiment.transfer_eval import (
@@ -176,11 +176,20 @@ def test_paired_stats_by_hand():
     assert s["diff"] == pytest.approx([0.1, 0.0, 0.2])
     assert s["diff_mean"] == pytest.approx(0.1) and s["diff_std"] == pytest.approx(0.1)
     assert s["positive"] == 2 and s["n"] == 3
+    # t(0.975, 2) = 4.302653 and t(0.80, 2) = 1.060660 (tables); sd / sqrt(n) = 0.1 / sqrt(3).
+    assert s["ci95"] == pytest.approx([0.1 - 4.302653 * 0.1 / math.sqrt(3), 0.1 + 4.302653 * 0.1 / math.sqrt(3)])
+    assert s["detectable"] == pytest.approx((4.302653 + 1.060660) * 0.1 / math.sqrt(3), rel=1e-6)
+    assert not improves(s)  # the interval [-0.148, 0.348] holds 0
+    # Four seeds that all gain about 0.1: t(0.975, 3) = 3.182446, interval [0.0794, 0.1206].
+    s4 = paired_stats([0.1, 0.2, 0.3, 0.4], [0.2, 0.31, 0.39, 0.5])
+    assert s4["ci95"][0] == pytest.approx(0.1 - 3.182446 * s4["diff_std"] / 2, rel=1e-6)
+    assert improves(s4)
 
 
 def test_paired_stats_of_one_seed_have_no_spread():
     s = paired_stats([0.5], [0.7])
     assert s["diff"] == pytest.approx([0.2]) and math.isnan(s["diff_std"]) and math.isnan(s["first_std"])
+    assert math.isnan(s["detectable"]) and not improves(s)
     with pytest.raises(ValueError):
         paired_stats([0.1, 0.2], [0.3])
 
@@ -197,7 +206,8 @@ def test_tiny_experiment_writes_consistent_page_and_json(tmp_path):
                           "--images-per-cam", "2", "--render-height", "64", "--render-width", "32",
                           "--height", "32", "--width", "32", "--stage1-epochs", "1", "--gan-iters", "1",
                           "--stage2-epochs", "2", "--stage3-epochs", "1",
-                          "--workers", "0", "--pairs-per-id", "1", "--grid-rows", "3"])
+                          "--workers", "0", "--pairs-per-id", "1", "--grid-rows", "3",
+                          "--pretrain-iters", "1", "--pretrain-ids", "16", "--pretrained-cache", str(tmp_path / "cache")])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     page = (out / "index.html").read_text()
@@ -235,4 +245,13 @@ def test_tiny_experiment_writes_consistent_page_and_json(tmp_path):
         assert r["stage3"] == [key(stage3[r["protocol"]][r["stage"]])]
         assert r["diff"] == pytest.approx([r["stage3"][0] - r["stage1"][0]])
     assert set(res["q3_reid"]["ablation"]) == {"Stage III, lambda_sp 0", "Stage III, lambda_veri 0"}
+    main = next(r for r in rows if r["protocol"] == "openreid" and r["stage"] == "first_stage" and r["metric"] == "mAP")
+    assert res["q3_reid"]["goal_reached"] is False and math.isnan(main["ci95"][0])  # one seed: no interval
+    # E's backbone started from the substitute built into the cache, recorded by every stage.
+    assert res["backbone"]["kind"] == "substitute" and res["backbone"]["settings"]["iterations"] == 1
+    assert os.path.dirname(res["backbone"]["file"]) == str(tmp_path / "cache")
+    stage1_file = json.loads((out / "seed1" / "stage1" / "results.json").read_text())
+    assert stage1_file["backbone"]["sha256"] == res["backbone"]["sha256"]
+    assert json.loads((out / "seed1" / "stage3" / "results.json").read_text())["backbone"] == stage1_file["backbone"]
+    assert "rendered-identity substitute (16 identities, 1 iterations" in page
     assert "Goal 1" in page and "Goal 3" in page

@@ -14,9 +14,12 @@ def test_report_page_from_logs_and_results(tmp_path):
     assert series == {"G_r": [0.9, 0.6], "D_i": [0.7, 0.65]}
     metrics = {"mAP": 0.5, "top1": 0.25, "top5": 0.75, "top10": 1.0, "cmc": [0.25, 0.5, 0.75, 0.75, 0.75]}
     (tmp_path / "results.json").write_text(json.dumps(
-        {"results": {"openreid": {"first_stage": metrics, "second_stage": metrics}}}))
-    rows = results_rows({"E": str(tmp_path / "results.json")})
-    assert rows[0] == ["E", "openreid", "first stage", "50.0", "25.0", "75.0", "100.0"]
+        {"results": {"openreid": {"first_stage": metrics, "second_stage": metrics}},
+         "chance": {"openreid": {"mAP": 0.0412, "top1": 0.02}}}))
+    (tmp_path / "old.json").write_text(json.dumps({"results": {"official": {"first_stage": metrics}}}))
+    rows = results_rows({"E": str(tmp_path / "results.json"), "old": str(tmp_path / "old.json")})
+    assert rows[0] == ["E", "openreid", "first stage", "50.0", "4.1", "25.0", "2.0", "75.0", "100.0"]
+    assert rows[2] == ["old", "official", "first stage", "50.0", "-", "25.0", "-", "75.0", "100.0"]
     plot_losses(series, str(tmp_path / "losses.png"), "losses")
     plot_cmc({"E": metrics["cmc"]}, str(tmp_path / "cmc.png"), "CMC")
     page = write_report(str(tmp_path), "report", rows, [("CMC", "cmc.png"), ("losses", "losses.png")], [])
@@ -46,7 +49,7 @@ def test_report_sections_follow_the_results_table(tmp_path):
     plot_cmc({"E": [0.25, 0.5]}, str(tmp_path / "grid.png"), "CMC")
     section = Section("What Stage II learned", notes=["held out"], header=("predictor", "L1", "SSIM"),
                       rows=[["copy source", "0.3000", "0.1000"]], images=[("grid", "grid.png")])
-    page = open(write_report(str(tmp_path), "r", [["E", "openreid", "first stage", "1", "2", "3", "4"]], [], [],
+    page = open(write_report(str(tmp_path), "r", [["E", "openreid", "first stage", "1", "0", "2", "0", "3", "4"]], [], [],
                              results_notes=["Stage III does not beat Stage I."], sections=[section])).read()
     order = [page.index(x) for x in ("Results (percent)", "Stage III does not beat Stage I.",
                                      "What Stage II learned", "held out", "<th>SSIM</th>", "<td>0.3000</td>")]

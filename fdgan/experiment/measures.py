@@ -5,6 +5,7 @@ import math
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+from scipy.stats import t as student_t
 from skimage.metrics import structural_similarity
 
 from reid.evaluation_metrics import cmc, mean_ap
@@ -118,10 +119,14 @@ def trivial_predictions(sources: np.ndarray, mean_image: np.ndarray) -> Dict[str
     return {"copy source": sources, "mean training image": np.broadcast_to(mean_image, sources.shape)}
 
 
-def paired_stats(first: Sequence[float], second: Sequence[float]) -> Dict[str, object]:
-    """Mean and sample standard deviation of each arm and of the per-seed difference (second - first).
+def paired_stats(first: Sequence[float], second: Sequence[float], power: float = 0.8) -> Dict[str, object]:
+    """Mean and sample standard deviation of each arm and of the per-seed difference (second - first),
+    the difference's 95 % confidence interval (t distribution, n - 1 degrees of freedom) and the
+    smallest mean difference the run could detect.
 
-    With one seed the standard deviations are NaN.
+    The detectable difference is that of a two-sided paired t-test at the 5 % level with
+    ``power`` (80 %): (t(0.975, n-1) + t(power, n-1)) * sd / sqrt(n), sd being the observed
+    standard deviation of the differences. With one seed every spread is NaN.
     """
     a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or not len(a):
@@ -131,6 +136,20 @@ def paired_stats(first: Sequence[float], second: Sequence[float]) -> Dict[str, o
     def std(x: np.ndarray) -> float:
         return float(x.std(ddof=1)) if len(x) > 1 else float("nan")
 
+    n, sd = len(a), std(diff)
+    if n > 1:
+        sem = sd / math.sqrt(n)
+        half = float(student_t.ppf(0.975, n - 1)) * sem
+        detectable = float(student_t.ppf(0.975, n - 1) + student_t.ppf(power, n - 1)) * sem
+    else:
+        half = detectable = float("nan")
     return {"first_mean": float(a.mean()), "first_std": std(a), "second_mean": float(b.mean()),
             "second_std": std(b), "diff": [float(d) for d in diff], "diff_mean": float(diff.mean()),
-            "diff_std": std(diff), "positive": int((diff > 0).sum()), "n": len(a)}
+            "diff_std": sd, "ci95": [float(diff.mean()) - half, float(diff.mean()) + half],
+            "detectable": detectable, "positive": int((diff > 0).sum()), "n": n}
+
+
+def improves(stats: Dict[str, object]) -> bool:
+    """True only when the difference's 95 % confidence interval lies above 0."""
+    low = stats["ci95"][0]  # type: ignore[index]
+    return bool(math.isfinite(low) and low > 0)

@@ -11,7 +11,7 @@ from torch import nn
 from reid.errors import CheckpointError, ConfigError
 from reid.models.pretrained import recorded_origin, write_origin
 from reid.pipelines.common import (
-    build_siamese, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results,
+    build_siamese, chance_on_test, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results,
 )
 from reid.pipelines.run import RunConfig, TrainingRun
 from reid.trainers import SiameseTrainer
@@ -93,7 +93,8 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
         results = evaluate_on_test(model, rerank_topk=topk, title="[test] ", **eval_kwargs)
         out = os.path.join(os.path.dirname(os.path.abspath(cfg.resume)), "evaluate_results.json")
         write_results(out, results, checkpoint=os.path.abspath(cfg.resume), dataset=cfg.dataset,
-                      split=cfg.split, rerank_topk=topk, backbone=origin)
+                      split=cfg.split, rerank_topk=topk, backbone=origin,
+                      chance=chance_on_test(cfg.dataset, cfg.data_dir, cfg.split, protocols, cfg.num_val))
         logger.info("Metrics written to %s", out)
         return results
 
@@ -156,7 +157,8 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
     results = evaluate_on_test(model, rerank_topk=topk, title="[test] ", **eval_kwargs)
     out = os.path.join(cfg.logs_dir, "results.json")
     write_results(out, results, checkpoint=os.path.abspath(best_path), dataset=cfg.dataset, split=cfg.split,
-                  rerank_topk=topk, best_val_mAP=best_map, backbone=origin)
+                  rerank_topk=topk, best_val_mAP=best_map, backbone=origin,
+                  chance=chance_on_test(cfg.dataset, cfg.data_dir, cfg.split, protocols, cfg.num_val))
     logger.info("Metrics written to %s", out)
     return results
 

@@ -11,6 +11,7 @@ from torch import nn
 from reid import datasets
 from reid.errors import ConfigError
 from reid.evaluation_metrics import evaluate_rank, format_results
+from reid.evaluation_metrics.chance import chance_levels
 from reid.evaluators import CascadeEvaluator, ids_and_cams, extract_features, pairwise_distance
 from reid.models.loading import build_siamese  # noqa: F401  (the CLIs' model builder lives with the models)
 from reid.models.multi_branch import SiameseNet
@@ -92,6 +93,17 @@ def evaluate_on_test(
             logger.info(format_results(results[protocol]["k_reciprocal"],
                                        f"{title}[{protocol}] k-reciprocal re-ranking of the first stage"))
     return results
+
+
+def chance_on_test(dataset_name: str, data_dir: str, split_id: int, protocols: Iterable[str],
+                   num_val: Optional[float] = None) -> dict:
+    """``{protocol: {'mAP', 'top1'}}``: what a random ranking scores on each protocol's query and
+    gallery (:func:`reid.evaluation_metrics.chance.chance_levels`), the scale every result stands on."""
+    out = {}
+    for p in protocols:
+        ds = load_dataset(dataset_name, data_dir, split_id, num_val, protocol=p)
+        out[p] = chance_levels(*ids_and_cams(ds.query, ds.gallery))
+    return out
 
 
 def evaluate_on_val(

@@ -30,8 +30,13 @@ from reid import models
 from reid.datasets.synthetic_render.appearance import GENERATOR_VERSION
 from reid.datasets.synthetic_render.stream import IdentityBatchSampler, RenderedIdentities
 from reid.errors import ConfigError
+from reid.evaluation_metrics import evaluate_rank
+from reid.evaluation_metrics.chance import chance_levels
+from reid.evaluators import extract_features, ids_and_cams, pairwise_distance
 from reid.loss import batch_hard_triplet_loss
 from reid.models.pretrained import SIDECAR_SUFFIX, file_sha256
+from reid.pipelines.common import load_dataset
+from reid.utils.data.loaders import build_eval_loader, unique_items
 from reid.utils.osutils import atomic_write, mkdir_if_missing, write_json
 
 logger = logging.getLogger(__name__)
@@ -158,10 +163,10 @@ def pretrain_backbone(cfg: PretrainConfig, out_path: str, device: torch.device |
         optimizer.step()
         scheduler.step()
         bar.update(1)
-        if step % 50 == 0 or step == cfg.iterations - 1:
+        if step % 100 == 0 or step == cfg.iterations - 1:
             accuracy = float((logits.argmax(1) == pids).float().mean())
             bar.set_postfix(id=f"{id_loss.item():.3f}", tri=f"{tri_loss.item():.3f}", acc=f"{accuracy:.2f}")
-            logger.debug("step %d: id loss %.4f, triplet loss %.4f, batch accuracy %.2f",
+            logger.info("step %d: id loss %.4f, triplet loss %.4f, batch accuracy %.2f",
                          step, id_loss.item(), tri_loss.item(), accuracy)
     bar.close()
     train_seconds = time.time() - start
@@ -210,12 +215,6 @@ def evaluate_backbone(weights: str, arch: str, dataset_dir: str, height: int, wi
                       device: torch.device | str = "cpu", workers: int = 2, batch_size: int = 64) -> Dict[str, Any]:
     """First-stage test scores (Euclidean distance of pooled features, open-reid protocol) of a
     backbone weights file on a dataset folder, with no re-ID training: ``{'mAP', 'top1', 'chance'}``."""
-    from reid.evaluation_metrics import evaluate_rank
-    from reid.evaluation_metrics.chance import chance_levels
-    from reid.evaluators import extract_features, ids_and_cams, pairwise_distance
-    from reid.pipelines.common import load_dataset
-    from reid.utils.data.loaders import build_eval_loader, unique_items
-
     name = os.path.basename(os.path.normpath(dataset_dir))
     dataset = load_dataset(name, os.path.dirname(os.path.normpath(dataset_dir)) or ".")
     backbone = models.create(arch, pretrained=weights, cut_at_pooling=True).to(device)
