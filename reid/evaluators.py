@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from reid.evaluation_metrics import evaluate_rank, format_results
-from reid.fast_rescoring import default_embed_dist_fn, folded_head, folded_scores
+from reid.fast_rescoring import folded_scores
+from reid.models.embedding import default_embed_dist_fn, folded_head
 
 logger = logging.getLogger(__name__)
 

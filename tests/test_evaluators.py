@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from reid import fast_rescoring
 from reid.evaluation_metrics import evaluate_rank
 from reid.evaluators import CascadeEvaluator, _smallest_k, pairwise_distance, rerank_distances, score_candidates
-from reid.fast_rescoring import default_embed_dist_fn, folded_head, folded_scores
-from reid.models.embedding import EltwiseSubEmbed
+from reid.fast_rescoring import folded_scores
+from reid.models.embedding import EltwiseSubEmbed, default_embed_dist_fn, folded_head
 
 def _head(nonlinearity: str, dims: int, seed: int = 0) -> EltwiseSubEmbed:
     torch.manual_seed(seed)
@@ -135,7 +135,7 @@ def test_k_reciprocal_option_of_the_test_evaluation(synthetic_root):
     from reid.evaluators import extract_features, ids_and_cams
     from reid.pipelines.common import build_siamese, evaluate_on_test, load_dataset
     from reid.utils.data.loaders import build_eval_loader, unique_items
-    from reid.utils.rerank import re_ranking
+    from reid.reranking import re_ranking
 
     torch.manual_seed(0)
     model = build_siamese("resnet18", pretrained=False)

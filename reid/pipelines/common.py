@@ -17,7 +17,7 @@ from reid.models.multi_branch import SiameseNet
 from reid.utils.data.dataset import Dataset
 from reid.utils.data.loaders import build_eval_loader, unique_items
 from reid.utils.osutils import write_json
-from reid.utils.rerank import rerank_distmat
+from reid.reranking import rerank_distmat
 
 logger = logging.getLogger(__name__)
 
