@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from reid import datasets
+from reid.evaluators import RESCORE_TOPK, TEST_RESCORE_TOPK
 from reid.pipelines.run import RunConfig
 from reid.utils.argtypes import non_negative_int, positive_int
 
@@ -32,7 +33,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", type=str, default=_R.protocol, choices=["openreid", "official", "both"],
                    help="query/gallery protocol of the test (spec section 7)")
     p.add_argument("--rerank-topk", type=positive_int, default=_R.rerank_topk,
-                   help="second-stage candidates of the test (default: 100; baseline.py after training: 75)")
+                   help=f"second-stage candidates of the test (default: {TEST_RESCORE_TOPK}; "
+                        f"baseline.py after training: {RESCORE_TOPK})")
     p.add_argument("--rerank", type=str, default=_R.rerank, choices=["none", "k-reciprocal"],
                    help="also report k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3) of the first stage")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (exact resume)")

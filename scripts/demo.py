@@ -21,6 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from fdgan.experiment.transfer_eval import Stage2Study, study_stage2  # noqa: E402
+from reid.evaluators import RESCORE_TOPK, TEST_RESCORE_TOPK  # noqa: E402
 from reid.report import (  # noqa: E402
     Section, compare_results, plot_cmc, plot_losses, read_loss_log, results_rows, write_report,
 )
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                f"{args.stage1_epochs} epochs, Stage II {n2} and Stage III {n3} epochs of {args.gan_iters} iterations; "
                f"total {time.time() - start:.0f} s on this machine.",
                "First stage = Euclidean distance of E's pooled features; second stage = the verification head "
-               "re-scores each query's top candidates (75 for Stage I, 100 for Stage III)."],
+               f"re-scores each query's top candidates ({RESCORE_TOPK} for Stage I, {TEST_RESCORE_TOPK} for "
+               "Stage III)."],
         results_notes=[verdict + " The controlled experiment (docs/experiment.md, linked below) measures "
                        "Stage I against Stage III over several seeds."],
         sections=[section],

@@ -13,7 +13,8 @@ from helpers import load_script, with_bn_statistics
 from reid import models
 from reid.errors import CheckpointError, DatasetError
 from reid.feature_extraction import FeatureExtractor, read_features_h5
-from reid.models.loading import backbone_state_dict, build_siamese, detect_arch
+from reid.models import build_siamese
+from reid.models.loading import backbone_state_dict, detect_arch
 from reid.utils.data.images import list_images
 
 H, W = 64, 32

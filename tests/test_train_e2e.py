@@ -14,7 +14,7 @@ from helpers import render_synthetic
 from options import Options
 from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
 from reid.evaluation_metrics import format_results
-from reid.models.loading import build_siamese
+from reid.models import build_siamese
 from reid.pipelines.common import evaluate_on_test, load_dataset
 from reid.utils.data.loaders import build_pose_pair_loader
 from reid.utils.serialization import load_checkpoint, load_weights

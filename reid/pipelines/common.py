@@ -12,7 +12,6 @@ from reid import datasets
 from reid.errors import ConfigError
 from reid.evaluation_metrics import evaluate_rank, format_results
 from reid.evaluators import CascadeEvaluator, ids_and_cams, extract_features, pairwise_distance
-from reid.models.loading import build_siamese  # noqa: F401  (the CLIs' model builder lives with the models)
 from reid.models.multi_branch import SiameseNet
 from reid.utils.data.dataset import Dataset
 from reid.utils.data.loaders import build_eval_loader, unique_items
