@@ -101,10 +101,6 @@ class FeatureExtractor:
         """Length of one feature vector, when the model says (ResNet: ``out_features``)."""
         return getattr(self.model, "out_features", None)
 
-    def preprocess(self, image: ImageInput) -> torch.Tensor:
-        """One image (path, PIL image or H x W x 3 uint8 array) -> normalised 3 x H x W tensor."""
-        return self.transform(to_pil(image, "image"))
-
     def __call__(self, images: Union[ImageInput, Sequence[ImageInput], torch.Tensor]) -> torch.Tensor:
         """Features of ``images`` as an N x D float32 CPU tensor (rows in input order).
 

@@ -152,11 +152,6 @@ def _drop_instance_norm_statistics(
     return OrderedDict((k, v) for k, v in state_dict.items() if not release_only(k))
 
 
-def load_weights(fpath: PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
-    """Load the weights in checkpoint file ``fpath`` (any release form) into ``model``."""
-    return copy_state_dict(load_checkpoint(fpath), model, strict=strict, source=os.fspath(fpath))
-
-
 def save_checkpoint(state: Any, fpath: PathLike, is_best: bool = False, best_name: str = "model_best.pth.tar") -> None:
     """Write ``state`` with ``torch.save`` atomically; with ``is_best`` also to ``best_name`` beside it.
 
