@@ -31,7 +31,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-iters-per-epoch", type=positive_int, default=_R.max_iters_per_epoch,
                    help="cap iterations (quick runs)")
     p.add_argument("--protocol", type=str, default=_R.protocol, choices=["openreid", "official", "both"],
-                   help="query/gallery protocol of the test (spec section 7)")
+                   help="query/gallery protocol of the test (openreid: the release's; official: the benchmark's)")
     p.add_argument("--rerank-topk", type=positive_int, default=_R.rerank_topk,
                    help=f"second-stage candidates of the test (default: {TEST_RESCORE_TOPK}; "
                         f"baseline.py after training: {RESCORE_TOPK})")

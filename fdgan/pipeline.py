@@ -1,4 +1,5 @@
-"""Stages II and III of the paper (``train.py --stage 1|2``): the training loop of spec section 5."""
+"""Stages II and III of the paper (``train.py --stage 1|2``): the training loop of the release's
+``train.py``."""
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,7 @@ RESUME_FILE = "latest.pth"
 
 @dataclass
 class TrainConfig(RunConfig):
-    """Settings of a Stage II/III run: the shared ones plus train.py's own flags (spec section 9)."""
+    """Settings of a Stage II/III run: the shared ones plus train.py's own flags (the release's ``options.py``)."""
 
     stage: int = 1
     dataroot: str = "./datasets/"
@@ -125,7 +126,8 @@ def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
         logger.warning("--resume: no %s yet; starting from the beginning", resume_path)
     elif cfg.stage == 2:
         if visualizer is not None:
-            base = evaluate_on_val(model.net_E, dataset, rerank_topk=RESCORE_TOPK, dataset_name=cfg.dataset, **eval_args)
+            base = evaluate_on_val(model.net_E, dataset, rerank_topk=RESCORE_TOPK, dataset_name=cfg.dataset,
+                                   **eval_args)
             visualizer.log_reid("Loaded encoder before Stage III:\n"
                                 + format_results(base["second_stage"], "validation"))
             # As the release: the loaded encoder's test numbers open every Stage III log.

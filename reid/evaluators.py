@@ -1,6 +1,6 @@
-"""Feature extraction, distances and the two-stage cascade evaluation (the FD-GAN reference,
-section 7): first-stage squared Euclidean distances, then each query's top-k re-scored by the
-verification head and the rest of its row shifted behind them."""
+"""Feature extraction, distances and the two-stage cascade evaluation (the release's
+``reid/evaluators.py``, ``CascadeEvaluator``): first-stage squared Euclidean distances, then each
+query's top-k re-scored by the verification head and the rest of its row shifted behind them."""
 from __future__ import annotations
 
 import logging
@@ -132,7 +132,7 @@ def score_candidates(
 
 
 class CascadeEvaluator:
-    """Evaluates a Siamese re-ID model in two stages (the FD-GAN reference, section 7).
+    """Evaluates a Siamese re-ID model in two stages (the release's ``CascadeEvaluator.evaluate``).
 
     Args:
         base_model: the backbone producing pooled features.

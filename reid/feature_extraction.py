@@ -1,7 +1,7 @@
 """Deployment-side feature extraction: re-ID features of arbitrary images with a trained E.
 
 :class:`FeatureExtractor` builds the backbone of E (the ResNet cut at pooling, whose pooled
-features give the first-stage distances of spec section 7) and the test preprocessing once, then
+features give the first-stage distances of the release's ``CascadeEvaluator``) and the test preprocessing once, then
 maps paths, PIL images, uint8 arrays or normalised tensors to an N x D feature matrix.
 :func:`reid.models.loading.load_backbone` reads every checkpoint form the project and the release
 write.

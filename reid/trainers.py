@@ -1,4 +1,4 @@
-"""Training loop of the Stage I Siamese baseline (spec section 6)."""
+"""Training loop of the Stage I Siamese baseline (the release's ``reid/trainers.py``, ``SiameseTrainer``)."""
 from __future__ import annotations
 
 import logging

@@ -4,7 +4,7 @@ The library behind ``scripts/visualize_ranks.py``:
 
 - :func:`rank_lists`: per query, the top-k gallery indices in distance order with their
   true-match flags, leaving out the items evaluation ignores (same identity AND same camera,
-  spec section 7);
+  as the release's ``reid/evaluation_metrics/ranking.py`` ``mean_ap`` / ``cmc``);
 - :func:`draw_ranked_list`: one PNG per query with one labelled row per stage: the query (blue
   frame), then the ranked gallery images framed green (same identity) or red (other identity),
   with the rank, identity, camera and distance underneath; :class:`RankLayout` gives the pixel

@@ -1,7 +1,7 @@
 """Every command-line flag is defined in one place: the run flags both CLIs share come from one
 function (run_options.add_run_flags) and fill the one shared config (RunConfig); each CLI's own flags
 fill its own config; no flag string is added twice; the release's flags keep their names and
-defaults (spec section 9)."""
+defaults (the release's baseline.py and options.py)."""
 import argparse
 import dataclasses
 import inspect

@@ -1,4 +1,4 @@
-"""Re-ID networks (spec section 3): ResNet backbones, the pair head and the Siamese wrapper.
+"""Re-ID networks (the release's ``reid/models/``): ResNet backbones, the pair head and the Siamese wrapper.
 
 ``create(name, ...)`` builds a backbone by name; ``names()`` lists the names (for argparse
 ``choices``); ``build_siamese(arch, ...)`` builds the whole SiameseNet of E (and Di).

@@ -1,4 +1,5 @@
-"""Verification head on a pair of feature vectors (spec section 3)."""
+"""Verification head on a pair of feature vectors (the release's ``reid/models/embedding.py``,
+``EltwiseSubEmbed``), and its square form folded into one weighted squared distance."""
 from __future__ import annotations
 
 from typing import Callable, Optional

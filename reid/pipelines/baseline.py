@@ -1,4 +1,5 @@
-"""Stage I (paper) / ``baseline.py``: train and evaluate the Siamese re-ID baseline (spec section 6)."""
+"""Stage I (paper) / ``baseline.py``: train and evaluate the Siamese re-ID baseline (the release's
+``baseline.py``)."""
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class BaselineConfig(RunConfig):
-    """Settings of a Stage I run: the shared ones plus baseline.py's own flags (spec section 9)."""
+    """Settings of a Stage I run: the shared ones plus baseline.py's own flags (those of the
+    release's ``baseline.py``)."""
 
     batch_size: int = 256
     combine_trainval: bool = False
@@ -133,7 +135,8 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
         is_best = False
         if (epoch % cfg.eval_step == 0 or epoch == cfg.epochs - 1) and ctx.is_main:
             val = evaluate_on_val(model, dataset, cfg.height, cfg.width, cfg.batch_size, cfg.workers,
-                                  rerank_topk=RESCORE_TOPK, device=device, dataset_name=cfg.dataset, progress=run.progress)
+                                  rerank_topk=RESCORE_TOPK, device=device, dataset_name=cfg.dataset,
+                                  progress=run.progress)
             val_map = val["second_stage"]["mAP"]
             is_best = val_map > best_map
             best_map = max(best_map, val_map)

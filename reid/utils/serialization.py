@@ -1,6 +1,7 @@
 """Checkpoint reading and writing.
 
-Reads every checkpoint form the release wrote (spec section 8): a plain state dict or
+Reads every checkpoint form the release wrote (``baseline.py``'s ``save_checkpoint`` and
+``FDGANModel.save``): a plain state dict or
 ``{'state_dict': ...}``, with or without ``module.`` prefixes (DataParallel / DDP), with or
 without BatchNorm ``num_batches_tracked`` entries (PyTorch 0.3 files lack them). Files are always
 read with ``torch.load(weights_only=True)`` so a checkpoint from an untrusted source cannot run

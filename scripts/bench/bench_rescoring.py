@@ -1,4 +1,4 @@
-"""Benchmark: second-stage re-scoring (spec section 7), reid.evaluators.rescore_distances against
+"""Benchmark: second-stage re-scoring (the release's ``CascadeEvaluator``), reid.evaluators.rescore_distances against
 the release's per-query loop, on a Market-sized problem.
 
 3,368 queries x 15,913 gallery items, 2,048-d L2-normalised features (751 query identities plus
