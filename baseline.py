@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-from options import add_run_flags
+from run_options import add_run_flags
 from reid import models
 from reid.errors import FDGANError
 from reid.pipelines.baseline import BaselineConfig, run_baseline

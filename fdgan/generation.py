@@ -8,7 +8,7 @@ read from the weights themselves (:func:`reid.models.loading.load_backbone`,
 One generated image is ``G(posemap(target pose), E(source), z)``:
 
 - E's feature is the backbone's pooled feature of the source image resized to G's size
-  (RectScale, ImageNet normalisation), as in training (spec section 5);
+  (RectScale, ImageNet normalisation), as in training (``FDGANModel.forward``);
 - the pose map is :func:`reid.utils.data.preprocessor.generate_pose_map` of the target keypoints
   in G's pixels (:meth:`scripts.pose_targets.TargetPose.scaled` gives them);
 - ``z`` is row ``n`` of :func:`draw_noise` ``(num_noise, noise_nc, seed)``: the SAME noise

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["GeneratorConfig", "infer_generator_config", "load_generator"]
 
 # Input channels of de_conv5 .. de_conv1 without skip connections, in units of ngf; a skip
-# connection doubles a block's input (spec section 3's table).
+# connection doubles a block's input (the release's ``CustomPoseGenerator``).
 _DECODER_WIDTHS = (8, 8, 4, 2, 1)
 _DECODER_BLOCKS = ("de_conv5", "de_conv4", "de_conv3", "de_conv2", "de_conv1")
 

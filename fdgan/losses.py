@@ -1,4 +1,4 @@
-"""Adversarial loss (FD-GAN reference section 4)."""
+"""Adversarial loss (the release's ``fdgan/losses.py``, ``GANLoss``)."""
 from __future__ import annotations
 
 from typing import Any, Tuple

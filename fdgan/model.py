@@ -249,10 +249,6 @@ class FDGANModel:
             self.net_E.train()
             set_bn_fix(self.net_E)
 
-    def eval_mode(self) -> None:
-        for name in NET_NAMES:
-            self.net(name).eval()
-
     # ------------------------------------------------------------------ one step
     def set_input(self, inputs) -> None:
         """Take a pose-pair batch ``[first members, second members]`` (dicts of the pose loader)."""

@@ -1,4 +1,4 @@
-"""Generator, pose discriminator and training helpers of FD-GAN (spec sections 3 and 5).
+"""Generator, pose discriminator and training helpers of FD-GAN (the release's ``fdgan/networks.py``).
 
 Attribute names and ``nn.Sequential`` positions give the state-dict keys of the release's
 checkpoints (the release's key names, ``tests/data/state_dict_keys.json``), so they must not change.
@@ -319,7 +319,7 @@ def init_weights(net: nn.Module) -> nn.Module:
 
 
 def get_scheduler(optimizer: Optimizer, niter: int, niter_decay: int) -> LambdaLR:
-    """Linear-decay schedule of the release (spec section 5, "Learning rate").
+    """Linear-decay schedule of the release (``fdgan/networks.py``, ``get_scheduler``).
 
     The factor after ``e`` scheduler steps (one step at the end of each epoch, epochs
     1 .. niter + niter_decay) is ``1 - max(0, e + 2 - niter) / (niter_decay + 1)``; it is clamped

@@ -1,4 +1,5 @@
-"""Stages II and III of the paper (``train.py --stage 1|2``): the training loop of spec section 5."""
+"""Stages II and III of the paper (``train.py --stage 1|2``): the training loop of the release's
+``train.py``."""
 from __future__ import annotations
 
 import logging
@@ -11,10 +12,13 @@ from tqdm import tqdm
 
 from fdgan.model import FDGANModel, check_pretrain_files
 from fdgan.utils.visualizer import Visualizer
-from reid.errors import CheckpointError, FDGANError
+from reid.errors import CheckpointError, NonFiniteLossError
 from reid.evaluation_metrics import format_results
+from reid.evaluators import RESCORE_TOPK, TEST_RESCORE_TOPK
 from reid.models.pretrained import RANDOM, recorded_origin, write_origin
-from reid.pipelines.common import chance_on_test, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results
+from reid.pipelines.common import (
+    chance_on_test, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results,
+)
 from reid.pipelines.run import RunConfig, TrainingRun
 from reid.utils.data.loaders import build_pose_pair_loader
 from reid.utils.serialization import load_checkpoint
@@ -22,17 +26,11 @@ from reid.utils.serialization import load_checkpoint
 logger = logging.getLogger(__name__)
 
 RESUME_FILE = "latest.pth"
-# Second-stage candidates of the final test when --rerank-topk is not given.
-DEFAULT_RERANK_TOPK = 100
-
-
-class NonFiniteLossError(FDGANError):
-    """A loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
 
 
 @dataclass
 class TrainConfig(RunConfig):
-    """Settings of a Stage II/III run: the shared ones plus train.py's own flags (spec section 9)."""
+    """Settings of a Stage II/III run: the shared ones plus train.py's own flags (the release's ``options.py``)."""
 
     stage: int = 1
     dataroot: str = "./datasets/"
@@ -135,15 +133,16 @@ def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
         logger.warning("--resume: no %s yet; starting from the beginning", resume_path)
     elif cfg.stage == 2:
         if visualizer is not None:
-            base = evaluate_on_val(model.net_E, dataset, rerank_topk=75, dataset_name=cfg.dataset, **eval_args)
+            base = evaluate_on_val(model.net_E, dataset, rerank_topk=RESCORE_TOPK, dataset_name=cfg.dataset,
+                                   **eval_args)
             visualizer.log_reid("Loaded encoder before Stage III:\n"
                                 + format_results(base["second_stage"], "validation"))
             # As the release: the loaded encoder's test numbers open every Stage III log.
             loaded = evaluate_on_test(model.net_E, dataset_name=cfg.dataset, data_dir=cfg.dataroot,
-                                      split_id=cfg.split, protocols=protocols, rerank_topk=DEFAULT_RERANK_TOPK,
+                                      split_id=cfg.split, protocols=protocols, rerank_topk=TEST_RESCORE_TOPK,
                                       num_val=cfg.num_val, title="[test, loaded E] ", **eval_args)
             for protocol, res in loaded.items():
-                visualizer.log_reid(f"Test of the loaded encoder ({protocol} protocol, top-k {DEFAULT_RERANK_TOPK}):\n"
+                visualizer.log_reid(f"Test of the loaded encoder ({protocol} protocol, top-k {TEST_RESCORE_TOPK}):\n"
                                     + format_results(res["first_stage"], "first stage") + "\n"
                                     + format_results(res["second_stage"], "second stage"))
         ctx.barrier()
@@ -185,7 +184,7 @@ def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
         if epoch % cfg.save_step == 0 and ctx.is_main:
             model.save(cfg.save_dir, epoch)
         if cfg.stage == 2 and epoch % cfg.eval_step == 0 and visualizer is not None:
-            val = evaluate_on_val(model.net_E, dataset, rerank_topk=75, dataset_name=cfg.dataset, **eval_args)
+            val = evaluate_on_val(model.net_E, dataset, rerank_topk=RESCORE_TOPK, dataset_name=cfg.dataset, **eval_args)
             val_map = val["second_stage"]["mAP"]
             visualizer.log_reid(f"Epoch {epoch}:\n" + format_results(val["first_stage"], "validation, first stage")
                                 + "\n" + format_results(val["second_stage"], "validation, second stage"))
@@ -203,7 +202,7 @@ def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
     if not os.path.isfile(best_e):
         raise CheckpointError(f"{best_e}: no best encoder was saved (no evaluation epoch ran; check --eval-step)")
     model.load_network("E", best_e)
-    topk = cfg.rerank_topk if cfg.rerank_topk is not None else DEFAULT_RERANK_TOPK
+    topk = cfg.rerank_topk if cfg.rerank_topk is not None else TEST_RESCORE_TOPK
     results = evaluate_on_test(model.net_E, dataset_name=cfg.dataset, data_dir=cfg.dataroot, split_id=cfg.split,
                                protocols=protocols, rerank_topk=topk, num_val=cfg.num_val,
                                title="[test, best E] ", k_reciprocal=cfg.rerank == "k-reciprocal", **eval_args)

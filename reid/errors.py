@@ -44,3 +44,7 @@ class ConfigError(FDGANError):
 
 class WriteError(FDGANError):
     """An output file could not be written (disk full, no permission); the previous file is kept."""
+
+
+class NonFiniteLossError(FDGANError):
+    """A training loss became NaN or infinite; training stopped and the last good checkpoint is kept."""

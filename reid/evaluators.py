@@ -1,6 +1,6 @@
-"""Feature extraction, distances and the two-stage cascade evaluation (the FD-GAN reference,
-section 7): first-stage squared Euclidean distances, then each query's top-k re-scored by the
-verification head and the rest of its row shifted behind them."""
+"""Feature extraction, distances and the two-stage cascade evaluation (the release's
+``reid/evaluators.py``, ``CascadeEvaluator``): first-stage squared Euclidean distances, then each
+query's top-k re-scored by the verification head and the rest of its row shifted behind them."""
 from __future__ import annotations
 
 import logging
@@ -13,14 +13,21 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from reid.evaluation_metrics import evaluate_rank, format_results
-from reid.fast_rescoring import default_embed_dist_fn, folded_head, folded_scores
+from reid.fast_rescoring import folded_scores
+from reid.models.embedding import default_embed_dist_fn, folded_head
 
 logger = logging.getLogger(__name__)
 
+#: Candidates per query the verification head re-scores (the release's ``rerank_topk`` default):
+#: every validation, and Stage I's test after training.
+RESCORE_TOPK = 75
+#: Candidates re-scored in the test of ``baseline.py --evaluate`` and of Stage III's best E.
+TEST_RESCORE_TOPK = 100
+
 Item = tuple  # (fname, pid, cam)
 
-__all__ = ["CascadeEvaluator", "default_embed_dist_fn", "extract_features", "ids_and_cams",
-           "pairwise_distance", "rerank_distances", "score_candidates"]
+__all__ = ["RESCORE_TOPK", "TEST_RESCORE_TOPK", "CascadeEvaluator", "default_embed_dist_fn", "extract_features",
+           "ids_and_cams", "pairwise_distance", "rescore_distances", "score_candidates"]
 
 
 def extract_features(
@@ -50,13 +57,13 @@ def pairwise_distance(query_features: torch.Tensor, gallery_features: torch.Tens
     return torch.addmm(qq + gg, q, g.t(), beta=1.0, alpha=-2.0)
 
 
-def rerank_distances(
+def rescore_distances(
     distmat: torch.Tensor,
     query_features: torch.Tensor,
     gallery_features: torch.Tensor,
     embed_model: nn.Module,
     embed_dist_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-    rerank_topk: int = 75,
+    topk: int = RESCORE_TOPK,
     chunk_size: int = 64,
     device: torch.device | str = "cpu",
     overwrite: bool = False,
@@ -73,7 +80,7 @@ def rerank_distances(
     if overwrite and distmat.dtype != torch.float32:
         raise ValueError(f"overwrite needs a float32 distance matrix, not {distmat.dtype}")
     num_query, num_gallery = distmat.shape
-    k = min(int(rerank_topk), num_gallery)
+    k = min(int(topk), num_gallery)
     if k <= 0 or num_query == 0:
         return distmat if overwrite else distmat.clone()
     top_idx, d_next = _smallest_k(distmat, k)
@@ -125,7 +132,7 @@ def score_candidates(
 
 
 class CascadeEvaluator:
-    """Evaluates a Siamese re-ID model in two stages (the FD-GAN reference, section 7).
+    """Evaluates a Siamese re-ID model in two stages (the release's ``CascadeEvaluator.evaluate``).
 
     Args:
         base_model: the backbone producing pooled features.
@@ -154,7 +161,7 @@ class CascadeEvaluator:
         data_loader: DataLoader,
         query: Sequence[Item],
         gallery: Sequence[Item],
-        rerank_topk: int = 75,
+        rerank_topk: int = RESCORE_TOPK,
         second_stage: bool = True,
         dataset: Optional[str] = None,
         title: str = "",
@@ -188,7 +195,7 @@ class CascadeEvaluator:
         distmat: torch.Tensor,
         query: Sequence[Item],
         gallery: Sequence[Item],
-        rerank_topk: int = 75,
+        rerank_topk: int = RESCORE_TOPK,
         second_stage: bool = True,
         dataset: Optional[str] = None,
         title: str = "",
@@ -202,9 +209,9 @@ class CascadeEvaluator:
         results = {"first_stage": evaluate_rank(distmat, *ids_cams, cmc_config=config)}
         logger.info(format_results(results["first_stage"], f"{title}first stage (Euclidean distance)"))
         if second_stage:
-            dist2 = rerank_distances(
+            dist2 = rescore_distances(
                 distmat, query_features, gallery_features, self.embed_model, self.embed_dist_fn,
-                rerank_topk=rerank_topk, device=self.device,
+                topk=rerank_topk, device=self.device,
                 overwrite=overwrite_distmat and distmat.dtype == torch.float32,
             )
             results["second_stage"] = evaluate_rank(dist2, *ids_cams, cmc_config=config)

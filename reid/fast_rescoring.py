@@ -2,60 +2,22 @@
 
 :func:`reid.evaluators.score_candidates` dispatches here on the CPU. An eval-mode
 ``EltwiseSubEmbed('square')`` with BatchNorm and a 2-way classifier, read through the default
-``softmax(logits)[:, 0]``, is ``sigmoid(logit_0 - logit_1)`` with ``logit_0 - logit_1 =
-sum_d v_d (q_d - g_d)^2 + c``: one weighted squared distance per (query, candidate) pair.
-:func:`folded_scores` computes those distances from sampled matrix products over the pairs, so
-nothing is gathered per pair (docs/performance.md has the measurements).
+``softmax(logits)[:, 0]``, is ``sigmoid(sum_d v_d (q_d - g_d)^2 + c)``
+(:func:`reid.models.embedding.folded_head` gives ``v`` and ``c``): one weighted squared distance
+per (query, candidate) pair. :func:`folded_scores` computes those distances from sampled matrix
+products over the pairs, so nothing is gathered per pair (docs/performance.md has the
+measurements).
 """
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 # A pair is scored again from its differences where the expansion's terms exceed this many times
 # its distance (8: at most 3 bits more rounding than the differences).
 CANCELLATION_RATIO = 8.0
 _GATHER_ELEMENTS = 1 << 18  # float32 elements of one block of gathered candidates (1 MiB)
-
-
-def default_embed_dist_fn(logits: torch.Tensor) -> torch.Tensor:
-    """Probability of 'different identity' from the verification head's 2-way logits."""
-    return F.softmax(logits, dim=1)[:, 0]
-
-
-def folded_head(embed_model: nn.Module, embed_dist_fn: Callable[[torch.Tensor], torch.Tensor]
-                ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-    """``(v, c)`` with ``embed_dist_fn(embed_model(q, g)) = sigmoid(sum_d v_d (q_d - g_d)^2 + c)``,
-    or None when the head or the function has another form."""
-    from reid.models.embedding import EltwiseSubEmbed
-
-    if embed_dist_fn is not default_embed_dist_fn or not isinstance(embed_model, EltwiseSubEmbed):
-        return None
-    if embed_model.training or embed_model.nonlinearity != "square":
-        return None
-    classifier = getattr(embed_model, "classifier", None)
-    if classifier is None or classifier.weight.shape[0] != 2:
-        return None
-    weight = classifier.weight.detach().double()
-    bias = classifier.bias.detach().double() if classifier.bias is not None else torch.zeros(2, dtype=torch.float64)
-    dims = weight.shape[1]
-    scale = torch.ones(dims, dtype=torch.float64)
-    shift = torch.zeros(dims, dtype=torch.float64)
-    bn = getattr(embed_model, "bn", None)
-    if bn is not None:
-        if not isinstance(bn, nn.BatchNorm1d) or bn.running_mean is None:
-            return None
-        ones, zeros = torch.ones(dims, dtype=torch.float64), torch.zeros(dims, dtype=torch.float64)
-        gamma = bn.weight.detach().double() if bn.weight is not None else ones
-        beta = bn.bias.detach().double() if bn.bias is not None else zeros
-        scale = gamma * torch.rsqrt(bn.running_var.detach().double() + bn.eps)
-        shift = beta - bn.running_mean.detach().double() * scale
-    w = weight[0] - weight[1]
-    return (w * scale).float(), (w @ shift + bias[0] - bias[1]).float()
 
 
 def folded_scores(qf: torch.Tensor, gf: torch.Tensor, top_idx: torch.Tensor, v: torch.Tensor, c: torch.Tensor,

@@ -1,7 +1,7 @@
 """Deployment-side feature extraction: re-ID features of arbitrary images with a trained E.
 
 :class:`FeatureExtractor` builds the backbone of E (the ResNet cut at pooling, whose pooled
-features give the first-stage distances of spec section 7) and the test preprocessing once, then
+features give the first-stage distances of the release's ``CascadeEvaluator``) and the test preprocessing once, then
 maps paths, PIL images, uint8 arrays or normalised tensors to an N x D feature matrix.
 :func:`reid.models.loading.load_backbone` reads every checkpoint form the project and the release
 write.
@@ -100,10 +100,6 @@ class FeatureExtractor:
     def feature_dim(self) -> Optional[int]:
         """Length of one feature vector, when the model says (ResNet: ``out_features``)."""
         return getattr(self.model, "out_features", None)
-
-    def preprocess(self, image: ImageInput) -> torch.Tensor:
-        """One image (path, PIL image or H x W x 3 uint8 array) -> normalised 3 x H x W tensor."""
-        return self.transform(to_pil(image, "image"))
 
     def __call__(self, images: Union[ImageInput, Sequence[ImageInput], torch.Tensor]) -> torch.Tensor:
         """Features of ``images`` as an N x D float32 CPU tensor (rows in input order).

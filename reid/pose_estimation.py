@@ -5,7 +5,7 @@ separate ``.venv-pose`` (``make setup-pose``), because mediapipe pins numpy<2 an
 
 BlazePose predicts 33 landmarks (x, y normalised to the image, z, visibility) and always guesses
 all of them; :func:`blazepose_to_coco18` turns them into the 18 OpenPose COCO-18 keypoints of the
-release's pose files (spec section 1), marking as missing every point whose visibility is below a
+release's ``poses/`` files, marking as missing every point whose visibility is below a
 threshold or that falls outside the image. The neck, which BlazePose lacks, is the midpoint of the
 two shoulders when both are present.
 

@@ -1,4 +1,4 @@
-"""Training loop of the Stage I Siamese baseline (spec section 6)."""
+"""Training loop of the Stage I Siamese baseline (the release's ``reid/trainers.py``, ``SiameseTrainer``)."""
 from __future__ import annotations
 
 import logging
@@ -10,17 +10,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from reid.errors import ConfigError, FDGANError
+from reid.errors import ConfigError, NonFiniteLossError
 from reid.evaluation_metrics import accuracy
 from reid.utils.meters import AverageMeter
 from reid.utils.amp import MixedPrecision
 from reid.utils.distributed import DistributedContext
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(FDGANError):
-    """The training loss became NaN or infinite."""
 
 
 class BaseTrainer:

@@ -4,7 +4,7 @@ The library behind ``scripts/visualize_ranks.py``:
 
 - :func:`rank_lists`: per query, the top-k gallery indices in distance order with their
   true-match flags, leaving out the items evaluation ignores (same identity AND same camera,
-  spec section 7);
+  as the release's ``reid/evaluation_metrics/ranking.py`` ``mean_ap`` / ``cmc``);
 - :func:`draw_ranked_list`: one PNG per query with one labelled row per stage: the query (blue
   frame), then the ranked gallery images framed green (same identity) or red (other identity),
   with the rank, identity, camera and distance underneath; :class:`RankLayout` gives the pixel
@@ -27,7 +27,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from reid.errors import ConfigError, DatasetError
-from reid.evaluators import extract_features, pairwise_distance, rerank_distances
+from reid.evaluators import RESCORE_TOPK, extract_features, pairwise_distance, rescore_distances
 from reid.models.loading import load_siamese
 from reid.pipelines.common import PROTOCOLS, load_dataset
 from reid.utils.data.images import save_image, to_pil
@@ -288,7 +288,7 @@ def visualize_ranks(
     num_queries: int = 10,
     seed: int = 0,
     topk: int = 10,
-    rerank_topk: int = 75,
+    rerank_topk: int = RESCORE_TOPK,
     protocol: str = "openreid",
     split_id: int = 0,
     height: int = 256,
@@ -346,7 +346,7 @@ def visualize_ranks(
     qf = torch.stack([features[f] for f, _, _ in query])
     gf = torch.stack([features[f] for f, _, _ in gallery])
     dist1 = pairwise_distance(qf, gf)
-    dist2 = rerank_distances(dist1, qf, gf, model.embed_model, rerank_topk=rerank_topk, device=dev)
+    dist2 = rescore_distances(dist1, qf, gf, model.embed_model, topk=rerank_topk, device=dev)
     stages = [
         ("first stage: Euclidean distance of the pooled features", dist1, rank_lists(dist1, query, gallery, topk)),
         (f"second stage: top {min(rerank_topk, len(gallery))} re-scored by the verification head (P(different))", dist2,

@@ -24,6 +24,7 @@ sys.path.insert(0, REPO)
 from fdgan.experiment.transfer_eval import Stage2Study, study_stage2  # noqa: E402
 from reid.models.pretrained import describe, weights_origin  # noqa: E402
 from reid.pipelines.pretrain import PretrainConfig, evaluate_backbone  # noqa: E402
+from reid.evaluators import RESCORE_TOPK, TEST_RESCORE_TOPK  # noqa: E402
 from reid.report import (  # noqa: E402
     RESULTS_HEADER, Section, compare_results, plot_cmc, plot_losses, read_loss_log, results_rows, write_report,
 )
@@ -187,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                f"{args.stage1_epochs} epochs, Stage II {n2} and Stage III {n3} epochs of {args.gan_iters} iterations; "
                f"total {time.time() - start:.0f} s on this machine.",
                "First stage = Euclidean distance of E's pooled features; second stage = the verification head "
-               "re-scores each query's top candidates (75 for Stage I, 100 for Stage III). The chance columns "
-               "are what a random ranking scores on the same query and gallery.",
+               f"re-scores each query's top candidates ({RESCORE_TOPK} for Stage I, {TEST_RESCORE_TOPK} for "
+               "Stage III). The chance columns are what a random ranking scores on the same query and gallery.",
                *([f"The pre-trained backbone alone, before any re-ID training: test mAP "
                   f"{100 * pretrained_only['mAP']:.1f} % (chance {100 * pretrained_only['chance']['mAP']:.1f} %), "
                   f"top-1 {100 * pretrained_only['top1']:.1f} % (chance {100 * pretrained_only['chance']['top1']:.1f} %)"

@@ -22,6 +22,7 @@ from typing import List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reid import datasets  # noqa: E402
+from reid.evaluators import RESCORE_TOPK  # noqa: E402
 from reid.pipelines.common import PROTOCOLS  # noqa: E402
 from reid.visualization import visualize_ranks  # noqa: E402
 from scripts._cli import run_cli  # noqa: E402
@@ -38,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--num-queries", type=int, default=10, help="random queries to show (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random query choice (default: 0)")
     p.add_argument("--topk", type=int, default=10, help="gallery images per row (default: 10)")
-    p.add_argument("--rerank-topk", type=int, default=75,
-                   help="first-stage candidates re-scored in the second stage (default: 75)")
+    p.add_argument("--rerank-topk", type=int, default=RESCORE_TOPK,
+                   help=f"first-stage candidates re-scored in the second stage (default: {RESCORE_TOPK})")
     p.add_argument("--protocol", default="openreid", choices=list(PROTOCOLS))
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=128)

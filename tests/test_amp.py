@@ -16,7 +16,7 @@ import baseline
 import train
 from fdgan.model import FDGANModel
 from reid.errors import ConfigError
-from reid.pipelines.common import build_siamese
+from reid.models import build_siamese
 from reid.trainers import SiameseTrainer
 from reid.utils.amp import MixedPrecision, resolve_mixed_precision
 

@@ -30,7 +30,7 @@ from conftest import REPO_ROOT
 from fdgan.networks import NLayerDiscriminator
 from helpers import one_error_line, timeout, tiny_train_argv
 from helpers import tiny_baseline_argv as base_argv
-from reid.pipelines.common import build_siamese
+from reid.models import build_siamese
 from reid.utils.data.preprocessor import Preprocessor
 from reid.utils.serialization import load_checkpoint
 from reid.visualization import write_rank_page

@@ -8,7 +8,8 @@ import torch
 
 import baseline
 from helpers import render_synthetic
-from reid.pipelines.common import build_siamese, evaluate_on_test
+from reid.models import build_siamese
+from reid.pipelines.common import evaluate_on_test
 from reid.utils.serialization import load_checkpoint
 
 pytestmark = pytest.mark.slow

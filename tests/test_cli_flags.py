@@ -1,7 +1,7 @@
 """Every command-line flag is defined in one place: the run flags both CLIs share come from one
-function (options.add_run_flags) and fill the one shared config (RunConfig); each CLI's own flags
+function (run_options.add_run_flags) and fill the one shared config (RunConfig); each CLI's own flags
 fill its own config; no flag string is added twice; the release's flags keep their names and
-defaults (spec section 9)."""
+defaults (the release's baseline.py and options.py)."""
 import argparse
 import dataclasses
 import inspect
@@ -10,6 +10,7 @@ import pytest
 
 import baseline
 import options
+import run_options
 from fdgan.pipeline import TrainConfig
 from reid.pipelines.baseline import BaselineConfig
 from reid.pipelines.run import RunConfig
@@ -56,7 +57,7 @@ def test_shared_flags_come_from_one_definition_and_fill_run_config(built):
     for dest in run_fields:
         a, b = by_dest["baseline.py"][dest], by_dest["train.py"][dest]
         assert _defining_line(a) == _defining_line(b), dest  # the same add_argument call
-        assert _defining_line(a)[0] == inspect.getsourcefile(options.add_run_flags)
+        assert _defining_line(a)[0] == inspect.getsourcefile(run_options.add_run_flags)
         assert (a.option_strings, a.default, a.type, a.choices, a.help) == \
             (b.option_strings, b.default, b.type, b.choices, b.help)
         assert a.default == getattr(RunConfig(), dest), dest

@@ -30,7 +30,7 @@ from fdgan.model import NET_NAMES, FDGANModel
 from helpers import timeout as scaled_timeout
 from reid.errors import ConfigError
 from reid.pipelines.baseline import freeze_unused_fc
-from reid.pipelines.common import build_siamese
+from reid.models import build_siamese
 from reid.trainers import SiameseTrainer
 from reid.utils import distributed
 from reid.utils.data.sampler import DistributedRandomPairSampler, RandomPairSampler

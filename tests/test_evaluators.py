@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from reid import fast_rescoring
 from reid.evaluation_metrics import evaluate_rank
-from reid.evaluators import CascadeEvaluator, _smallest_k, pairwise_distance, rerank_distances, score_candidates
-from reid.fast_rescoring import default_embed_dist_fn, folded_head, folded_scores
-from reid.models.embedding import EltwiseSubEmbed
+from reid.evaluators import CascadeEvaluator, _smallest_k, pairwise_distance, rescore_distances, score_candidates
+from reid.fast_rescoring import folded_scores
+from reid.models.embedding import EltwiseSubEmbed, default_embed_dist_fn, folded_head
 
 def _head(nonlinearity: str, dims: int, seed: int = 0) -> EltwiseSubEmbed:
     torch.manual_seed(seed)
@@ -71,7 +71,7 @@ def test_second_stage_square_head_matches_per_query_loop():
     head = _head("square", qf.shape[1])
     distmat = pairwise_distance(qf, gf)
     for topk in (1, 10, 57, 100):
-        ours = rerank_distances(distmat, qf, gf, head, rerank_topk=topk, chunk_size=5)
+        ours = rescore_distances(distmat, qf, gf, head, topk=topk, chunk_size=5)
         ref = _reference_rerank(distmat, qf, gf, head, topk)
         assert torch.allclose(ours, ref, atol=1e-5), topk
         a = evaluate_rank(ours, q_ids, g_ids, q_cams, g_cams)
@@ -86,19 +86,19 @@ def test_second_stage_can_overwrite_the_distance_matrix(topk):
     qf, gf, *_ = _problem(seed=17)
     head = _head("square", qf.shape[1], seed=18)
     distmat = pairwise_distance(qf, gf)
-    fresh = rerank_distances(distmat, qf, gf, head, rerank_topk=topk)
+    fresh = rescore_distances(distmat, qf, gf, head, topk=topk)
     assert not torch.equal(fresh, distmat) or topk == 0
-    result = rerank_distances(distmat, qf, gf, head, rerank_topk=topk, overwrite=True)
+    result = rescore_distances(distmat, qf, gf, head, topk=topk, overwrite=True)
     assert result.data_ptr() == distmat.data_ptr() and torch.equal(distmat, fresh)
     with pytest.raises(ValueError, match="overwrite needs a float32 distance matrix, not torch.float64"):
-        rerank_distances(distmat.double(), qf, gf, head, rerank_topk=topk, overwrite=True)
+        rescore_distances(distmat.double(), qf, gf, head, topk=topk, overwrite=True)
 
 
 def test_second_stage_generic_head_matches_per_query_loop():
     qf, gf, *_ = _problem(seed=3)
     head = _head("abs", qf.shape[1], seed=2)
     distmat = pairwise_distance(qf, gf)
-    ours = rerank_distances(distmat, qf, gf, head, rerank_topk=7, chunk_size=4)
+    ours = rescore_distances(distmat, qf, gf, head, topk=7, chunk_size=4)
     ref = _reference_rerank(distmat, qf, gf, head, 7)
     assert torch.allclose(ours, ref, atol=1e-6)
 
@@ -108,7 +108,7 @@ def test_second_stage_keeps_rescored_items_in_front():
     head = _head("square", qf.shape[1], seed=4)
     distmat = pairwise_distance(qf, gf)
     k = 6
-    new = rerank_distances(distmat, qf, gf, head, rerank_topk=k)
+    new = rescore_distances(distmat, qf, gf, head, topk=k)
     top = torch.topk(distmat, k, dim=1, largest=False).indices
     for i in range(distmat.shape[0]):
         inside = new[i, top[i]]
@@ -133,9 +133,10 @@ def test_cascade_evaluator_reports_both_stages():
 
 def test_k_reciprocal_option_of_the_test_evaluation(synthetic_root):
     from reid.evaluators import extract_features, ids_and_cams
-    from reid.pipelines.common import build_siamese, evaluate_on_test, load_dataset
+    from reid.models import build_siamese
+    from reid.pipelines.common import evaluate_on_test, load_dataset
     from reid.utils.data.loaders import build_eval_loader, unique_items
-    from reid.utils.rerank import re_ranking
+    from reid.reranking import re_ranking
 
     torch.manual_seed(0)
     model = build_siamese("resnet18", pretrained=False)

@@ -15,7 +15,7 @@ from reid import models
 from reid.errors import CheckpointError, ConfigError
 from reid.export import ExportError, export_model, export_onnx, export_program, export_torchscript, verify_outputs
 from reid.feature_extraction import FeatureExtractor
-from reid.models.loading import build_siamese
+from reid.models import build_siamese
 
 H, W = 64, 32
 

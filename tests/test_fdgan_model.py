@@ -6,7 +6,7 @@ import torch
 
 from fdgan.model import FDGANModel
 from reid.errors import ConfigError
-from reid.pipelines.common import build_siamese
+from reid.models import build_siamese
 from reid.utils.serialization import save_checkpoint
 
 H, W = 64, 32

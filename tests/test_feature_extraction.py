@@ -13,8 +13,10 @@ from helpers import load_script, with_bn_statistics
 from reid import models
 from reid.errors import CheckpointError, DatasetError
 from reid.feature_extraction import FeatureExtractor, read_features_h5
-from reid.models.loading import backbone_state_dict, build_siamese, detect_arch
+from reid.models import build_siamese
+from reid.models.loading import backbone_state_dict, detect_arch
 from reid.utils.data.images import list_images
+from reid.utils.data.transforms import build_test_transform
 
 H, W = 64, 32
 MEAN = np.array([0.485, 0.456, 0.406])
@@ -84,7 +86,9 @@ def test_input_forms_give_identical_features(tmp_path, backbone, arrays):
     assert torch.equal(extractor([Image.fromarray(a) for a in arrays]), from_arrays)
     mixed = [paths[0], Image.fromarray(arrays[1]), arrays[2], paths[3], arrays[4]]
     assert torch.equal(extractor(mixed), from_arrays)
-    tensors = torch.stack([extractor.preprocess(a) for a in arrays])
+    # Tensors already preprocessed by the evaluation transform are used as they are.
+    transform = build_test_transform(H, W)
+    tensors = torch.stack([transform(Image.fromarray(a)) for a in arrays])
     assert torch.equal(extractor(tensors), from_arrays)
     # A single image and an N x H x W x 3 uint8 batch (other batch compositions may round
     # differently inside the convolutions).

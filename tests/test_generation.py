@@ -31,7 +31,7 @@ from reid.utils.data.pose import scale_landmarks
 from scripts.pose_targets import load_target_pose
 from fdgan.utils.util import tensor2im
 from reid.errors import CheckpointError, ConfigError, DatasetError
-from reid.models.loading import build_siamese
+from reid.models import build_siamese
 from reid.utils.data.pose import read_pose_file
 from reid.utils.data.preprocessor import generate_pose_map
 from reid.utils.data.transforms import build_test_transform

@@ -1,6 +1,8 @@
 """Tests of reid.evaluation_metrics: hand-computed cases and independent reference loops, each
 through both forms: the per-query definitions and reid.evaluation_metrics.fast_ranking."""
+import functools
 import itertools
+import logging
 
 import numpy as np
 import pytest
@@ -21,10 +23,12 @@ from reid.evaluation_metrics import (
 from reid.evaluation_metrics import ranking
 
 
-@pytest.fixture(autouse=True, params=["per-query", "fast"])
+@pytest.fixture(autouse=True, params=[False, True], ids=["per-query", "fast"])
 def metric_form(request, monkeypatch):
-    """Runs every test with each form of the metrics, whatever the matrix's size."""
-    monkeypatch.setattr(ranking, "_FAST_FROM_ELEMENTS", 0 if request.param == "fast" else 10**12)
+    """Runs every test with each form of the metrics, whatever the matrix's size: the metric
+    functions this module calls get the public ``fast`` argument bound."""
+    for name in ("mean_ap", "cmc", "evaluate_rank"):
+        monkeypatch.setitem(globals(), name, functools.partial(getattr(ranking, name), fast=request.param))
     return request.param
 
 # ---------------------------------------------------------------------------------------------
@@ -319,6 +323,14 @@ def test_no_valid_query_gives_zeros():
     assert mean_ap(np.zeros((0, 4))) == 0.0
     np.testing.assert_array_equal(
         cmc(dist, [5], [1, 2], [0], [1, 1], topk=2, single_gallery_shot=True), [0, 0])
+
+
+def test_no_valid_query_warns_once(caplog):
+    dist = np.array([[0.1, 0.2]])
+    with caplog.at_level(logging.WARNING, logger="reid.evaluation_metrics.ranking"):
+        evaluate_rank(dist, [5], [1, 2], [0], [1, 1], cmc_topk=(1,), max_rank=3)
+    assert [r.getMessage() for r in caplog.records] == [
+        "no query has a true match in the gallery; mAP and CMC are 0"]
 
 
 def test_bad_inputs_raise():

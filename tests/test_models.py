@@ -15,7 +15,7 @@ from reid import models
 from reid.errors import CheckpointError, ConfigError
 from reid.models import EltwiseSubEmbed, SiameseNet
 from reid.models.resnet import ResNet
-from reid.utils.serialization import load_weights
+from reid.utils.serialization import copy_state_dict, load_checkpoint
 
 # Count and sha256 of the sorted "key [shape]" lines of each network, checked beside the full
 # key/shape lists of tests/data/state_dict_keys.json.
@@ -256,12 +256,12 @@ def test_stage1_checkpoint_loads_and_wrong_head_is_reported(tmp_path) -> None:
     path = tmp_path / "model_best.pth.tar"
     torch.save({"state_dict": OrderedDict(("module." + k, v) for k, v in state.items())}, path)
 
-    load_weights(path, net_e)
+    copy_state_dict(load_checkpoint(path), net_e)
     loaded = net_e.state_dict()
     for k, v in state.items():
         assert torch.equal(loaded[k], v), k
 
     net_di = build_siamese(1)
     with pytest.raises(CheckpointError) as err:
-        load_weights(path, net_di)
+        copy_state_dict(load_checkpoint(path), net_di)
     assert "embed_model.classifier.weight (2, 2048) vs (1, 2048)" in str(err.value)

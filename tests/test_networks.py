@@ -19,7 +19,7 @@ from fdgan.networks import (
 )
 from helpers import assert_matches_release_keys, shapes_of
 from reid.errors import CheckpointError, ConfigError
-from reid.utils.serialization import load_weights
+from reid.utils.serialization import copy_state_dict, load_checkpoint
 
 # Count and sha256 of the sorted "key [shape]" lines of each network, checked beside the full
 # key/shape lists of tests/data/state_dict_keys.json.
@@ -334,7 +334,7 @@ def test_release_checkpoint_forms_load(tmp_path, form: str) -> None:
     path = tmp_path / "10_net_Dp.pth"
     torch.save(obj, path)
 
-    load_weights(path, net)
+    copy_state_dict(load_checkpoint(path), net)
     loaded = net.state_dict()
     for k, v in state.items():
         assert torch.equal(loaded[k], v), k
@@ -344,8 +344,8 @@ def test_checkpoint_of_wrong_network_names_keys(tmp_path) -> None:
     path = tmp_path / "net_Dp.pth"
     torch.save(NLayerDiscriminator(21).state_dict(), path)
     with pytest.raises(CheckpointError) as err:
-        load_weights(path, small_generator())
+        copy_state_dict(load_checkpoint(path), small_generator())
     msg = str(err.value)
     assert "missing keys [en_conv1.weight" in msg and "unexpected keys [model.0.weight" in msg
     with pytest.raises(CheckpointError, match=r"missing keys \[model.2.bias"):
-        load_weights(path, NLayerDiscriminator(21, norm_layer=get_norm_layer("instance")))
+        copy_state_dict(load_checkpoint(path), NLayerDiscriminator(21, norm_layer=get_norm_layer("instance")))

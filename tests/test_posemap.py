@@ -1,5 +1,5 @@
 """generate_pose_map must equal the release's maps: a 2-D delta through scipy's gaussian_filter,
-divided by its maximum (spec section 2), everywhere, borders included."""
+divided by its maximum (the release's pose maps), everywhere, borders included."""
 import math
 
 import numpy as np

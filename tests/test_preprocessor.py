@@ -1,4 +1,5 @@
-"""Preprocessor (plain and pose-guided items) and RandomPairSampler (spec section 2)."""
+"""Preprocessor (plain and pose-guided items) and RandomPairSampler (the release's
+reid/utils/data/preprocessor.py and sampler.py)."""
 import random
 from collections import Counter
 

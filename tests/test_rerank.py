@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from reid.errors import ConfigError
-from reid.utils import rerank
-from reid.utils.rerank import re_ranking, rerank_distmat
+from reid import reranking
+from reid.reranking import re_ranking, rerank_distmat
 
 
 def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -114,14 +114,14 @@ def test_smallest_k_equals_stable_argsort():
     block[:10] = rng.random((10, 30))  # and rows without
     for k in (1, 3, 7, 30):
         want = np.argsort(block, axis=1, kind="stable")[:, :k]
-        np.testing.assert_array_equal(rerank._smallest_k(block, k), want)
+        np.testing.assert_array_equal(reranking._smallest_k(block, k), want)
 
 
 def test_blockwise_ranking_equals_one_block(monkeypatch):
     q, g = _clustered(7)
     qg, qq, gg = _sq_dist(q, g), _sq_dist(q, q), _sq_dist(g, g)
     whole = re_ranking(qg, qq, gg, k1=6, k2=3)
-    monkeypatch.setattr(rerank, "_RANK_CHUNK_ELEMENTS", 50)  # one or two rows per block
+    monkeypatch.setattr(reranking, "_RANK_CHUNK_ELEMENTS", 50)  # one or two rows per block
     np.testing.assert_allclose(re_ranking(qg, qq, gg, k1=6, k2=3), whole, rtol=0, atol=1e-12)
 
 

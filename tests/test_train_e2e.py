@@ -14,10 +14,10 @@ from helpers import render_synthetic
 from options import Options
 from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
 from reid.evaluation_metrics import format_results
-from reid.models.loading import build_siamese
+from reid.models import build_siamese
 from reid.pipelines.common import evaluate_on_test, load_dataset
 from reid.utils.data.loaders import build_pose_pair_loader
-from reid.utils.serialization import load_checkpoint, load_weights
+from reid.utils.serialization import copy_state_dict, load_checkpoint
 from tests.browser import img_srcs, is_blank, screenshot
 from tests.test_visualizer import start_visdom, stop, visdom_reader
 
@@ -74,10 +74,11 @@ def _heldout_l1(run, root, generator_file):
     batch = next(iter(loader))
     model = FDGANModel(stage=1, arch="resnet18", height=64, width=32, pose_feature_size=16, noise_feature_size=16,
                        pretrained=False)
-    load_weights(run / "3_net_E.pth", model.net_E)
+    copy_state_dict(load_checkpoint(run / "3_net_E.pth"), model.net_E)
     if generator_file is not None:
-        load_weights(generator_file, model.net_G)
-    model.eval_mode()
+        copy_state_dict(load_checkpoint(generator_file), model.net_G)
+    for net in (model.net_E, model.net_G, model.net_Di, model.net_Dp):
+        net.eval()
     # BatchNorm on the batch's own statistics, no dropout: a few dozen iterations leave G's
     # running statistics far from settled, which would hide what G has learnt.
     model.net_G.train()
@@ -153,7 +154,7 @@ def test_stage3_from_stage2_files_validates_saves_best_and_tests(stage2, root):
     # As the release, the log opens with the loaded E's test numbers (second stage, top-k 100),
     # computed here again from the Stage II file.
     loaded = build_siamese("resnet18", pretrained=False, num_classes=2)
-    load_weights(run / "3_net_E.pth", loaded)
+    copy_state_dict(load_checkpoint(run / "3_net_E.pth"), loaded)
     expected = evaluate_on_test(loaded, dataset_name="synthetic", data_dir=str(root), split_id=0,
                                 protocols=["openreid", "official"], height=64, width=32, batch_size=8, workers=0,
                                 rerank_topk=100, device=torch.device("cpu"), progress=False)

@@ -1,4 +1,5 @@
-"""Transforms of spec section 2: RectScale, RandomSizedRectCrop, RandomSizedEarser, pipelines."""
+"""Transforms of the release's reid/utils/data/transforms.py: RectScale, RandomSizedRectCrop,
+RandomSizedEarser, pipelines."""
 import math
 import random
 

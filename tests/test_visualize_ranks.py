@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from reid.errors import CheckpointError, ConfigError, DatasetError
-from reid.evaluators import extract_features, pairwise_distance, rerank_distances
-from reid.models.loading import build_siamese, load_siamese
+from reid.evaluators import extract_features, pairwise_distance, rescore_distances
+from reid.models import build_siamese
+from reid.models.loading import load_siamese
 from reid.pipelines.common import load_dataset
 from reid.utils.data.loaders import build_eval_loader, unique_items
 from reid.visualization import (
@@ -173,7 +174,7 @@ def test_visualize_ranks_end_to_end(tmp_path: Path, checkpoint: Path, synthetic_
     qf = torch.stack([feats[f] for f, _, _ in ds.query])
     gf = torch.stack([feats[f] for f, _, _ in ds.gallery])
     d1 = pairwise_distance(qf, gf)
-    d2 = rerank_distances(d1, qf, gf, model.embed_model, rerank_topk=rerank_topk)
+    d2 = rescore_distances(d1, qf, gf, model.embed_model, topk=rerank_topk)
     index = {f: i for i, (f, _, _) in enumerate(ds.query)}
     for q in ranks["queries"]:
         i = index[q["query"]["fname"]]

@@ -328,14 +328,15 @@ def test_loss_and_reid_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
     assert line in logged and "Mean AP: 77.7%\ntop-1 90.5%" in logged
 
 
-def test_from_options_maps_the_flags(tmp_path: Path) -> None:
+def test_from_options_maps_the_flags(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     opt = Namespace(
         name="run", checkpoints=str(tmp_path), display_id=0, display_port=1234,
         display_winsize=128, display_single_pane_ncols=2, no_html=True,
     )
     vis = Visualizer.from_options(opt)
     assert (vis.display_port, vis.win_size, vis.ncols, vis.use_html) == (1234, 128, 2, False)
-    assert not vis.display_enabled
+    vis.plot_current_errors(1, 0.5, {"G_r": 1.0})
+    assert not visualizer_warnings(caplog)  # display_id 0: no visdom server is ever asked
     assert (tmp_path / "run" / "loss_log.txt").is_file()
 
 
@@ -348,7 +349,6 @@ def test_no_visdom_server_warns_once_and_everything_still_works(
         name="exp", checkpoints_dir=str(tmp_path), display_id=1, display_port=port,
         display_server="http://127.0.0.1",
     )
-    assert not vis.display_enabled
     warnings = visualizer_warnings(caplog)
     assert len(warnings) == 1 and str(port) in warnings[0].getMessage()
     vis.display_current_results(visuals_for(1), 1, save_result=True)
@@ -372,7 +372,7 @@ def test_visdom_plots_and_images_then_server_dies(
             name="exp", checkpoints_dir=str(tmp_path / "ck"), display_id=1, display_port=port,
             display_server="http://127.0.0.1", env=env,
         )
-        assert vis.display_enabled and not visualizer_warnings(caplog)
+        assert not visualizer_warnings(caplog)
         first = OrderedDict([("G_v", 0.7), ("G_r", 2.5), ("D_i", 0.25)])
         second = OrderedDict([("G_v", 0.6), ("G_r", 2.0), ("D_i", 0.5)])
         vis.plot_current_errors(1, 0.25, first)
@@ -421,7 +421,6 @@ def test_visdom_plots_and_images_then_server_dies(
         vis.print_current_errors(2, 8, second, 0.01)
         warnings = visualizer_warnings(caplog)
         assert len(warnings) == 1 and "stopped answering" in warnings[0].getMessage()
-        assert not vis.display_enabled
         assert vis.plot_x == [1.25, 1.5, 2.0, 2.5]
         assert (tmp_path / "ck" / "exp" / "web" / "images" / image_filename(2, "fake")).is_file()
         assert "(epoch: 2, iters: 8," in (tmp_path / "ck" / "exp" / "loss_log.txt").read_text()

@@ -183,11 +183,6 @@ class Visualizer:
             env=getattr(opt, "display_env", "main"),
         )
 
-    @property
-    def display_enabled(self) -> bool:
-        """Whether visdom output is on (it goes off for good once the server fails to answer)."""
-        return self._vis is not None
-
     # ------------------------------------------------------------------ visdom
     def _connect(self, timeout: float) -> None:
         where = f"{self.display_server}:{self.display_port}"

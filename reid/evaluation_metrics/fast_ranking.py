@@ -4,19 +4,14 @@ The rank of a true match m of query q among q's remaining gallery items is 1 + t
 remaining items g with (d[q, g], g) < (d[q, m], m). Only items no farther than q's last match can
 precede a match, so each query sorts just those; AP and CMC follow from the ranks. The
 single-gallery-shot CMC draws exactly the random numbers the per-query definition draws, for
-blocks of queries at once. The functions here take inputs that ranking.py has validated.
+blocks of queries at once. :func:`metrics` has the signature of the per-query form in ranking.py, which chooses between
+the two and validates the inputs first.
 """
 from __future__ import annotations
 
-import logging
 from typing import Dict, Optional, Tuple
 
 import numpy as np
-
-logger = logging.getLogger("reid.evaluation_metrics.ranking")
-
-#: Number of random draws of the single-gallery-shot CMC, each weighted 1 / draws.
-SINGLE_GALLERY_SHOT_DRAWS = 10
 
 # Elements of one chunk's largest temporary: a float copy of the rows (8 bytes each), or the
 # several (rows, draws, gallery) arrays of the single-gallery-shot CMC; ~256 MB in total.
@@ -164,7 +159,6 @@ def ap_from_ranks(ranks: _MatchRanks) -> float:
     """Mean over valid queries of the mean precision at the rank of each true match."""
     valid = ranks.num_matches > 0
     if not valid.any():
-        logger.warning("mean_ap: no query has a true match in the gallery; returning 0.0")
         return 0.0
     precision = (ranks.order + 1) / ranks.rank
     sums = np.bincount(ranks.query, weights=precision, minlength=len(ranks.num_matches))
@@ -175,7 +169,6 @@ def cmc_from_ranks(ranks: _MatchRanks, topk: int, first_match_break: bool) -> np
     """CMC curve (length ``topk``) from the exact ranks of the true matches."""
     num_valid = ranks.num_valid
     if num_valid == 0:
-        logger.warning("cmc: no query has a true match in the gallery; returning zeros")
         return np.zeros(topk)
     if first_match_break:
         first = ranks.order == 0
@@ -201,10 +194,11 @@ def cmc_single_gallery_shot(
     rng: np.random.Generator,
     chunk_size: Optional[int],
     fdtype: np.dtype,
-) -> np.ndarray:
-    """CMC where each draw keeps one remaining gallery item per identity (see :func:`cmc`)."""
+    draws: int,
+) -> Tuple[np.ndarray, int]:
+    """(CMC where each of ``draws`` draws keeps one remaining gallery item per identity (see
+    :func:`reid.evaluation_metrics.ranking.cmc`), number of valid queries)."""
     m, n = dist.shape
-    draws = SINGLE_GALLERY_SHOT_DRAWS
     labels, gcode = np.unique(gids, return_inverse=True)
     num_ids = len(labels)
     # Gallery in identity order (ties by index): each identity is one contiguous segment.
@@ -265,21 +259,26 @@ def cmc_single_gallery_shot(
         hist += np.bincount(position[position < topk], minlength=topk)[:topk] / draws
 
     if num_valid == 0:
-        logger.warning("cmc: no query has a true match in the gallery; returning zeros")
-        return np.zeros(topk)
-    return np.cumsum(hist) / num_valid
+        return np.zeros(topk), 0
+    return np.cumsum(hist) / num_valid, num_valid
 
 
-def evaluate(dist: np.ndarray, qids: np.ndarray, gids: np.ndarray, qcams: np.ndarray, gcams: np.ndarray,
-             config: Dict[str, bool], max_rank: int, rng: np.random.Generator, chunk_size: Optional[int],
-             fdtype: np.dtype) -> Tuple[float, np.ndarray, int]:
-    """(mAP, CMC curve of length ``max_rank`` in the named ``config``, number of valid queries)."""
-    ranks = match_ranks(dist, qids, gids, qcams, gcams, False, chunk_size, fdtype)
-    m_ap = ap_from_ranks(ranks)
-    if config["single_gallery_shot"]:
-        curve = cmc_single_gallery_shot(dist, qids, gids, qcams, gcams, config["separate_camera_set"], max_rank,
-                                        rng, chunk_size, fdtype)
-        return m_ap, curve, ranks.num_valid
-    if config["separate_camera_set"]:
-        ranks = match_ranks(dist, qids, gids, qcams, gcams, True, chunk_size, fdtype, config["first_match_break"])
-    return m_ap, cmc_from_ranks(ranks, max_rank, config["first_match_break"]), ranks.num_valid
+def metrics(dist: np.ndarray, qids: np.ndarray, gids: np.ndarray, qcams: np.ndarray, gcams: np.ndarray, *,
+            fdtype: np.dtype, want_ap: bool, cmc_config: Optional[Dict[str, bool]], topk: int,
+            rng: np.random.Generator, chunk_size: Optional[int], draws: int) -> Tuple[float, Optional[np.ndarray], int]:
+    """(mAP or 0.0 if not wanted, CMC curve of length ``topk`` in ``cmc_config`` or None, number of
+    valid queries), with the signature of the per-query form in ranking.py."""
+    m_ap, curve, ranks = 0.0, None, None
+    if want_ap:
+        ranks = match_ranks(dist, qids, gids, qcams, gcams, False, chunk_size, fdtype)
+        m_ap = ap_from_ranks(ranks)
+    if cmc_config is None:
+        return m_ap, None, ranks.num_valid
+    separate, first_match_break = cmc_config["separate_camera_set"], cmc_config["first_match_break"]
+    if cmc_config["single_gallery_shot"]:
+        curve, num_valid = cmc_single_gallery_shot(dist, qids, gids, qcams, gcams, separate, topk, rng,
+                                                   chunk_size, fdtype, draws)
+        return m_ap, curve, num_valid
+    if ranks is None or separate:
+        ranks = match_ranks(dist, qids, gids, qcams, gcams, separate, chunk_size, fdtype, first_match_break)
+    return m_ap, cmc_from_ranks(ranks, topk, first_match_break), ranks.num_valid

@@ -12,10 +12,12 @@ and gallery image. Conventions shared by all functions here:
 * Distances may be a numpy array or a torch tensor of any real dtype; NaN distances raise
   ``ValueError``. Identities and cameras must be integer-valued.
 
-:func:`evaluate_rank` is the one entry every report goes through; :func:`format_results` turns
-its dict into a small text table. The private functions below state the protocol one query at a
-time; matrices of 1,000 distances or more go to :mod:`reid.evaluation_metrics.fast_ranking`,
-which counts each true match's rank without sorting whole rows and gives the same numbers.
+Each public function takes ``fast``: the per-query definitions below (``False``) or
+:mod:`reid.evaluation_metrics.fast_ranking` (``True``), which counts each true match's rank
+without sorting whole rows and gives the same numbers; by default matrices of 1,000 distances or
+more take the fast form. :func:`_metrics` is the one place that chooses. :func:`evaluate_rank`
+is the one entry every report goes through; :func:`format_results` turns its dict into a small
+text table.
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ import torch
 
 from reid.errors import ConfigError
 from reid.evaluation_metrics import fast_ranking
-from reid.evaluation_metrics.fast_ranking import SINGLE_GALLERY_SHOT_DRAWS
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +51,14 @@ CMC_CONFIGS: Dict[str, Dict[str, bool]] = {
     ),
 }
 
+#: Number of random draws of the single-gallery-shot CMC, each weighted 1 / draws.
+SINGLE_GALLERY_SHOT_DRAWS = 10
+
 ArrayLike = Any  # numpy array, torch tensor, or sequence
 RngLike = Union[None, int, np.random.Generator]
 
-# From this many distances on, fast_ranking computes the metrics (2x faster here, 25x on
-# Market-1501); below it both take about a millisecond and the definitions below run as written.
+# With fast=None, from this many distances on fast_ranking computes the metrics (2x faster here,
+# 25x on Market-1501); below it both take about a millisecond and the definitions run as written.
 _FAST_FROM_ELEMENTS = 1_000
 
 
@@ -137,14 +141,6 @@ def _check_chunk(chunk_size: Optional[int]) -> Optional[int]:
     return None if chunk_size is None else _check_positive(chunk_size, "chunk_size")
 
 
-def _plain_dist(dist: np.ndarray) -> np.ndarray:
-    """``dist`` in the float dtype its values are compared in; ValueError on NaN."""
-    dist = dist.astype(_float_dtype(dist.dtype), copy=False)
-    if np.isnan(dist).any():
-        raise ValueError("distmat contains NaN")
-    return dist
-
-
 # --------------------------------------------------------------------------------------------
 # The protocol, one query at a time
 
@@ -178,21 +174,15 @@ def _plain_aps(dist, qids, gids, qcams, gcams) -> list:
     return aps
 
 
-def _mean_or_zero(aps: list) -> float:
-    if not aps:
-        logger.warning("mean_ap: no query has a true match in the gallery; returning 0.0")
-        return 0.0
-    return float(np.mean(aps))
-
-
 def _plain_cmc(dist, qids, gids, qcams, gcams, topk: int, separate_camera_set: bool,
-               single_gallery_shot: bool, first_match_break: bool, rng: np.random.Generator) -> np.ndarray:
-    """The CMC curve as :func:`cmc` defines it, one query at a time."""
+               single_gallery_shot: bool, first_match_break: bool, rng: np.random.Generator,
+               draws: int) -> Tuple[np.ndarray, int]:
+    """(The CMC curve as :func:`cmc` defines it, the number of valid queries), one query at a time."""
     hist = np.zeros(topk)
     num_valid = 0
     labels = np.unique(gids)
     for i in range(dist.shape[0]):
-        u = rng.random((fast_ranking.SINGLE_GALLERY_SHOT_DRAWS, len(labels))) if single_gallery_shot else None
+        u = rng.random((draws, len(labels))) if single_gallery_shot else None
         items, is_match = _ranked_matches(dist[i], qids[i], qcams[i], gids, gcams, separate_camera_set)
         if not is_match.any():
             continue
@@ -206,10 +196,7 @@ def _plain_cmc(dist, qids, gids, qcams, gcams, topk: int, separate_camera_set: b
             hits = np.flatnonzero(is_match)
             positions, weight = hits - np.arange(len(hits)), 1.0 / len(hits)
         np.add.at(hist, positions[positions < topk], weight)
-    if num_valid == 0:
-        logger.warning("cmc: no query has a true match in the gallery; returning zeros")
-        return hist
-    return np.cumsum(hist) / num_valid
+    return (np.cumsum(hist) / num_valid if num_valid else hist), num_valid
 
 
 def _single_shot_positions(items: np.ndarray, is_match: np.ndarray, gids: np.ndarray, labels: np.ndarray,
@@ -228,10 +215,41 @@ def _single_shot_positions(items: np.ndarray, is_match: np.ndarray, gids: np.nda
     return np.cumsum(kept, axis=1)[np.arange(len(u)), own] - 1
 
 
-def _fast(dist: np.ndarray) -> bool:
-    """Whether :mod:`reid.evaluation_metrics.fast_ranking` computes this matrix's metrics (the
-    same numbers as the per-query definitions, up to float64 summation order)."""
-    return dist.size >= _FAST_FROM_ELEMENTS
+def _plain_metrics(dist: np.ndarray, qids: np.ndarray, gids: np.ndarray, qcams: np.ndarray,
+                   gcams: np.ndarray, *, fdtype: np.dtype, want_ap: bool,
+                   cmc_config: Optional[Dict[str, bool]], topk: int, rng: np.random.Generator,
+                   chunk_size: Optional[int], draws: int) -> Tuple[float, Optional[np.ndarray], int]:
+    """The metrics by the per-query definitions; the signature of
+    :func:`reid.evaluation_metrics.fast_ranking.metrics` (``chunk_size`` is unused: one query
+    at a time). Returns (mAP or 0.0 if not wanted, CMC curve or None, number of valid queries)."""
+    dist = dist.astype(fdtype, copy=False)
+    if np.isnan(dist).any():
+        raise ValueError("distmat contains NaN")
+    m_ap, curve, num_valid = 0.0, None, 0
+    if want_ap:
+        aps = _plain_aps(dist, qids, gids, qcams, gcams)
+        m_ap, num_valid = (float(np.mean(aps)) if aps else 0.0), len(aps)
+    if cmc_config is not None:
+        curve, num_valid = _plain_cmc(dist, qids, gids, qcams, gcams, topk, rng=rng, draws=draws, **cmc_config)
+    return m_ap, curve, num_valid
+
+
+def _metrics(distmat: ArrayLike, query_ids: Optional[ArrayLike], gallery_ids: Optional[ArrayLike],
+             query_cams: Optional[ArrayLike], gallery_cams: Optional[ArrayLike], *, want_ap: bool,
+             cmc_config: Optional[Dict[str, bool]], topk: int, rng: RngLike,
+             chunk_size: Optional[int], fast: Optional[bool]) -> Tuple[float, Optional[np.ndarray], int]:
+    """The one switch between the two forms: (mAP, CMC curve, number of valid queries)."""
+    dist, qids, gids, qcams, gcams = _prepare(distmat, query_ids, gallery_ids, query_cams, gallery_cams)
+    chunk_size = _check_chunk(chunk_size)
+    if fast is None:
+        fast = dist.size >= _FAST_FROM_ELEMENTS
+    form = fast_ranking.metrics if fast else _plain_metrics
+    m_ap, curve, num_valid = form(dist, qids, gids, qcams, gcams, fdtype=_float_dtype(dist.dtype),
+                                  want_ap=want_ap, cmc_config=cmc_config, topk=topk, rng=_make_rng(rng),
+                                  chunk_size=chunk_size, draws=SINGLE_GALLERY_SHOT_DRAWS)
+    if num_valid == 0:
+        logger.warning("no query has a true match in the gallery; mAP and CMC are 0")
+    return m_ap, curve, num_valid
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,6 +264,7 @@ def mean_ap(
     gallery_cams: Optional[ArrayLike] = None,
     *,
     chunk_size: Optional[int] = None,
+    fast: Optional[bool] = None,
 ) -> float:
     """Mean average precision over the queries that have a true match.
 
@@ -260,16 +279,15 @@ def mean_ap(
         query_cams: camera of each query; default all 0.
         gallery_cams: camera of each gallery item; default all 1.
         chunk_size: queries processed at a time; default bounds temporaries to ~256 MB.
+        fast: ``True`` for :mod:`reid.evaluation_metrics.fast_ranking`, ``False`` for the
+            per-query definitions of this module, ``None`` to choose by size (fast from 1,000
+            distances on). Both forms give the same numbers.
 
     Returns:
         mAP as a fraction in [0, 1]; 0.0 when no query has a true match.
     """
-    dist, qids, gids, qcams, gcams = _prepare(distmat, query_ids, gallery_ids, query_cams, gallery_cams)
-    chunk_size = _check_chunk(chunk_size)
-    if _fast(dist):
-        return fast_ranking.ap_from_ranks(fast_ranking.match_ranks(
-            dist, qids, gids, qcams, gcams, False, chunk_size, _float_dtype(dist.dtype)))
-    return _mean_or_zero(_plain_aps(_plain_dist(dist), qids, gids, qcams, gcams))
+    return _metrics(distmat, query_ids, gallery_ids, query_cams, gallery_cams, want_ap=True, cmc_config=None,
+                    topk=1, rng=None, chunk_size=chunk_size, fast=fast)[0]
 
 
 def cmc(
@@ -285,6 +303,7 @@ def cmc(
     rng: RngLike = None,
     *,
     chunk_size: Optional[int] = None,
+    fast: Optional[bool] = None,
 ) -> np.ndarray:
     """Cumulative match characteristic: fraction of valid queries matched within each rank.
 
@@ -309,22 +328,16 @@ def cmc(
             query q, identity k keeps its ``floor(u * c)``-th remaining item in gallery index
             order, with ``u = U[q, r, k]`` and c its number of remaining items.
         chunk_size: queries processed at a time; default bounds temporaries to ~256 MB.
+        fast: which form computes it; see :func:`mean_ap`.
 
     Returns:
         float64 array of length ``topk`` with values in [0, 1]; zeros when no query is valid.
     """
     topk = _check_positive(topk, "topk")
-    dist, qids, gids, qcams, gcams = _prepare(distmat, query_ids, gallery_ids, query_cams, gallery_cams)
-    chunk_size = _check_chunk(chunk_size)
-    flags = bool(separate_camera_set), bool(single_gallery_shot), bool(first_match_break)
-    if not _fast(dist):
-        return _plain_cmc(_plain_dist(dist), qids, gids, qcams, gcams, topk, *flags, _make_rng(rng))
-    fdtype = _float_dtype(dist.dtype)
-    if single_gallery_shot:
-        return fast_ranking.cmc_single_gallery_shot(
-            dist, qids, gids, qcams, gcams, flags[0], topk, _make_rng(rng), chunk_size, fdtype)
-    ranks = fast_ranking.match_ranks(dist, qids, gids, qcams, gcams, flags[0], chunk_size, fdtype, flags[2])
-    return fast_ranking.cmc_from_ranks(ranks, topk, flags[2])
+    config = dict(separate_camera_set=bool(separate_camera_set), single_gallery_shot=bool(single_gallery_shot),
+                  first_match_break=bool(first_match_break))
+    return _metrics(distmat, query_ids, gallery_ids, query_cams, gallery_cams, want_ap=False, cmc_config=config,
+                    topk=topk, rng=rng, chunk_size=chunk_size, fast=fast)[1]
 
 
 def evaluate_rank(
@@ -339,6 +352,7 @@ def evaluate_rank(
     *,
     rng: RngLike = None,
     chunk_size: Optional[int] = None,
+    fast: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """mAP and CMC of one distance matrix: the single metric entry of every report.
 
@@ -349,6 +363,7 @@ def evaluate_rank(
         max_rank: length of the returned CMC curve.
         rng: random source of the single-gallery-shot CMC ('cuhk03'); see :func:`cmc`.
         chunk_size: queries processed at a time; default bounds temporaries to ~256 MB.
+        fast: which form computes it; see :func:`mean_ap`.
 
     Returns:
         ``{'mAP': float, 'top1': float, ..., 'cmc': [float] * max_rank,
@@ -362,17 +377,9 @@ def evaluate_rank(
     too_deep = [k for k in topks if k > max_rank]
     if too_deep:
         raise ConfigError(f"cmc_topk {too_deep} exceeds max_rank {max_rank}")
-    config = CMC_CONFIGS[cmc_config]
-    dist, qids, gids, qcams, gcams = _prepare(distmat, query_ids, gallery_ids, query_cams, gallery_cams)
-    chunk_size = _check_chunk(chunk_size)
-    if _fast(dist):
-        m_ap, curve, num_valid = fast_ranking.evaluate(dist, qids, gids, qcams, gcams, config, max_rank,
-                                                       _make_rng(rng), chunk_size, _float_dtype(dist.dtype))
-    else:
-        dist = _plain_dist(dist)
-        aps = _plain_aps(dist, qids, gids, qcams, gcams)
-        m_ap, num_valid = _mean_or_zero(aps), len(aps)
-        curve = _plain_cmc(dist, qids, gids, qcams, gcams, max_rank, rng=_make_rng(rng), **config)
+    m_ap, curve, num_valid = _metrics(distmat, query_ids, gallery_ids, query_cams, gallery_cams, want_ap=True,
+                                      cmc_config=CMC_CONFIGS[cmc_config], topk=max_rank, rng=rng,
+                                      chunk_size=chunk_size, fast=fast)
     results: Dict[str, Any] = {"mAP": m_ap}
     for k in topks:
         results[f"top{k}"] = float(curve[k - 1])

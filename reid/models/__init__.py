@@ -1,7 +1,7 @@
-"""Re-ID networks (spec section 3): ResNet backbones, the pair head and the Siamese wrapper.
+"""Re-ID networks (the release's ``reid/models/``): ResNet backbones, the pair head and the Siamese wrapper.
 
 ``create(name, ...)`` builds a backbone by name; ``names()`` lists the names (for argparse
-``choices``).
+``choices``); ``build_siamese(arch, ...)`` builds the whole SiameseNet of E (and Di).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from reid.models.embedding import EltwiseSubEmbed
 from reid.models.multi_branch import SiameseNet
 from reid.models.resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
 
-__all__ = ["names", "create", "ResNet", "EltwiseSubEmbed", "SiameseNet"]
+__all__ = ["names", "create", "build_siamese", "ResNet", "EltwiseSubEmbed", "SiameseNet"]
 
 _FACTORY: Dict[str, Callable[..., ResNet]] = {
     "resnet18": resnet18,
@@ -44,3 +44,19 @@ def create(name: str, *args: Any, **kwargs: Any) -> ResNet:
     if name not in _FACTORY:
         raise ConfigError(f"unknown architecture {name!r} (choices: {', '.join(_FACTORY)})")
     return _FACTORY[name](*args, **kwargs)
+
+
+def build_siamese(arch: str = "resnet50", pretrained: bool = True, num_classes: int = 2) -> SiameseNet:
+    """SiameseNet(ResNet cut at pooling, EltwiseSubEmbed(square, BN, classifier)) as net_E / net_Di.
+
+    Args:
+        arch: the backbone (``reid.models.names()``).
+        pretrained: start the backbone from ImageNet weights.
+        num_classes: outputs of the verification head (2 for E, 1 for Di).
+    """
+    base = create(arch, pretrained=pretrained, cut_at_pooling=True)
+    embed = EltwiseSubEmbed(
+        nonlinearity="square", use_batch_norm=True, use_classifier=True,
+        num_features=base.num_features, num_classes=num_classes,
+    )
+    return SiameseNet(base, embed)

@@ -1,7 +1,11 @@
-"""Verification head on a pair of feature vectors (spec section 3)."""
+"""Verification head on a pair of feature vectors (the release's ``reid/models/embedding.py``,
+``EltwiseSubEmbed``), and its square form folded into one weighted squared distance."""
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reid.errors import ConfigError
@@ -65,3 +69,37 @@ class EltwiseSubEmbed(nn.Module):
         if self.use_classifier:
             return self.classifier(x)
         return x.sum(dim=1)
+
+
+def default_embed_dist_fn(logits: torch.Tensor) -> torch.Tensor:
+    """Probability of 'different identity' from the verification head's 2-way logits."""
+    return F.softmax(logits, dim=1)[:, 0]
+
+
+def folded_head(embed_model: nn.Module, embed_dist_fn: Callable[[torch.Tensor], torch.Tensor]
+                ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """``(v, c)`` with ``embed_dist_fn(embed_model(q, g)) = sigmoid(sum_d v_d (q_d - g_d)^2 + c)``,
+    or None when the head or the function has another form."""
+    if embed_dist_fn is not default_embed_dist_fn or not isinstance(embed_model, EltwiseSubEmbed):
+        return None
+    if embed_model.training or embed_model.nonlinearity != "square":
+        return None
+    classifier = getattr(embed_model, "classifier", None)
+    if classifier is None or classifier.weight.shape[0] != 2:
+        return None
+    weight = classifier.weight.detach().double()
+    bias = classifier.bias.detach().double() if classifier.bias is not None else torch.zeros(2, dtype=torch.float64)
+    dims = weight.shape[1]
+    scale = torch.ones(dims, dtype=torch.float64)
+    shift = torch.zeros(dims, dtype=torch.float64)
+    bn = getattr(embed_model, "bn", None)
+    if bn is not None:
+        if not isinstance(bn, nn.BatchNorm1d) or bn.running_mean is None:
+            return None
+        ones, zeros = torch.ones(dims, dtype=torch.float64), torch.zeros(dims, dtype=torch.float64)
+        gamma = bn.weight.detach().double() if bn.weight is not None else ones
+        beta = bn.bias.detach().double() if bn.bias is not None else zeros
+        scale = gamma * torch.rsqrt(bn.running_var.detach().double() + bn.eps)
+        shift = beta - bn.running_mean.detach().double() * scale
+    w = weight[0] - weight[1]
+    return (w * scale).float(), (w @ shift + bias[0] - bias[1]).float()

@@ -1,7 +1,5 @@
-"""Building E's networks and loading them from checkpoints, in every form the project and the
-release write.
+"""Loading E's networks from checkpoints, in every form the project and the release write.
 
-- :func:`build_siamese`: the SiameseNet (ResNet cut at pooling + EltwiseSubEmbed) of net_E / net_Di;
 - :func:`backbone_state_dict` / :func:`detect_arch`: the backbone's weights inside a checkpoint
   and the ResNet depth their layout has;
 - :func:`load_backbone`: E's backbone (images -> pooled features) from a checkpoint;
@@ -18,16 +16,16 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from reid import models
 from reid.errors import CheckpointError
-from reid.models.embedding import EltwiseSubEmbed
+from reid import models
+from reid.models import build_siamese
 from reid.models.multi_branch import SiameseNet
 from reid.utils.osutils import PathLike
 from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_siamese", "backbone_state_dict", "detect_arch", "load_backbone", "load_siamese"]
+__all__ = ["backbone_state_dict", "detect_arch", "load_backbone", "load_siamese"]
 
 # (bottleneck blocks?, blocks in layer1..layer4) -> architecture name.
 _RESNET_LAYOUTS: Dict[Tuple[bool, Tuple[int, ...]], str] = {
@@ -38,22 +36,6 @@ _RESNET_LAYOUTS: Dict[Tuple[bool, Tuple[int, ...]], str] = {
     (True, (3, 8, 36, 3)): "resnet152",
 }
 _TORCHVISION_TOP = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.", "fc.")
-
-
-def build_siamese(arch: str = "resnet50", pretrained: bool = True, num_classes: int = 2) -> SiameseNet:
-    """SiameseNet(ResNet cut at pooling, EltwiseSubEmbed(square, BN, classifier)) as net_E / net_Di.
-
-    Args:
-        arch: the backbone (``reid.models.names()``).
-        pretrained: start the backbone from ImageNet weights.
-        num_classes: outputs of the verification head (2 for E, 1 for Di).
-    """
-    base = models.create(arch, pretrained=pretrained, cut_at_pooling=True)
-    embed = EltwiseSubEmbed(
-        nonlinearity="square", use_batch_norm=True, use_classifier=True,
-        num_features=base.num_features, num_classes=num_classes,
-    )
-    return SiameseNet(base, embed)
 
 
 def backbone_state_dict(obj: Any, source: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":

@@ -1,4 +1,4 @@
-"""Two-branch network with shared backbone weights (spec section 3)."""
+"""Two-branch network with shared backbone weights (the release's ``reid/models/multi_branch.py``, ``SiameseNet``)."""
 from __future__ import annotations
 
 from typing import Tuple

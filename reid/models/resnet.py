@@ -1,4 +1,4 @@
-"""ResNet backbones (spec section 3).
+"""ResNet backbones (the release's ``reid/models/resnet.py``).
 
 :class:`ResNet` wraps a torchvision ResNet as attribute ``base`` so that state-dict keys read
 ``base.conv1.weight`` ... ``base.fc.bias`` exactly as in the release's checkpoints (``base.fc`` is

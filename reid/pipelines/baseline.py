@@ -1,4 +1,5 @@
-"""Stage I (paper) / ``baseline.py``: train and evaluate the Siamese re-ID baseline (spec section 6)."""
+"""Stage I (paper) / ``baseline.py``: train and evaluate the Siamese re-ID baseline (the release's
+``baseline.py``)."""
 from __future__ import annotations
 
 import logging
@@ -9,9 +10,11 @@ import torch
 from torch import nn
 
 from reid.errors import CheckpointError, ConfigError
+from reid.evaluators import RESCORE_TOPK, TEST_RESCORE_TOPK
+from reid.models import build_siamese
 from reid.models.pretrained import recorded_origin, write_origin
 from reid.pipelines.common import (
-    build_siamese, chance_on_test, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results,
+    chance_on_test, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results,
 )
 from reid.pipelines.run import RunConfig, TrainingRun
 from reid.trainers import SiameseTrainer
@@ -25,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class BaselineConfig(RunConfig):
-    """Settings of a Stage I run: the shared ones plus baseline.py's own flags (spec section 9)."""
+    """Settings of a Stage I run: the shared ones plus baseline.py's own flags (those of the
+    release's ``baseline.py``)."""
 
     batch_size: int = 256
     combine_trainval: bool = False
@@ -89,7 +93,7 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
             return {}
         checkpoint = load_checkpoint(cfg.resume)
         copy_state_dict(checkpoint, model, source=cfg.resume)
-        topk = cfg.rerank_topk if cfg.rerank_topk is not None else 100
+        topk = cfg.rerank_topk if cfg.rerank_topk is not None else TEST_RESCORE_TOPK
         results = evaluate_on_test(model, rerank_topk=topk, title="[test] ", **eval_kwargs)
         out = os.path.join(os.path.dirname(os.path.abspath(cfg.resume)), "evaluate_results.json")
         write_results(out, results, checkpoint=os.path.abspath(cfg.resume), dataset=cfg.dataset,
@@ -136,7 +140,8 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
         is_best = False
         if (epoch % cfg.eval_step == 0 or epoch == cfg.epochs - 1) and ctx.is_main:
             val = evaluate_on_val(model, dataset, cfg.height, cfg.width, cfg.batch_size, cfg.workers,
-                                  rerank_topk=75, device=device, dataset_name=cfg.dataset, progress=run.progress)
+                                  rerank_topk=RESCORE_TOPK, device=device, dataset_name=cfg.dataset,
+                                  progress=run.progress)
             val_map = val["second_stage"]["mAP"]
             is_best = val_map > best_map
             best_map = max(best_map, val_map)
@@ -153,7 +158,7 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
     if not os.path.isfile(best_path):
         raise CheckpointError(f"{best_path}: no best model was saved (did training run any epoch?)")
     copy_state_dict(load_checkpoint(best_path), model, source=best_path)
-    topk = cfg.rerank_topk if cfg.rerank_topk is not None else 75
+    topk = cfg.rerank_topk if cfg.rerank_topk is not None else RESCORE_TOPK
     results = evaluate_on_test(model, rerank_topk=topk, title="[test] ", **eval_kwargs)
     out = os.path.join(cfg.logs_dir, "results.json")
     write_results(out, results, checkpoint=os.path.abspath(best_path), dataset=cfg.dataset, split=cfg.split,

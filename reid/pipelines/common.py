@@ -13,12 +13,11 @@ from reid.errors import ConfigError
 from reid.evaluation_metrics import evaluate_rank, format_results
 from reid.evaluation_metrics.chance import chance_levels
 from reid.evaluators import CascadeEvaluator, ids_and_cams, extract_features, pairwise_distance
-from reid.models.loading import build_siamese  # noqa: F401  (the CLIs' model builder lives with the models)
 from reid.models.multi_branch import SiameseNet
 from reid.utils.data.dataset import Dataset
 from reid.utils.data.loaders import build_eval_loader, unique_items
 from reid.utils.osutils import write_json
-from reid.utils.rerank import rerank_distmat
+from reid.reranking import rerank_distmat
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RunConfig:
-    """Settings both CLIs share (defined once in options.py's ``add_run_flags``).
+    """Settings both CLIs share (defined once in run_options.py's ``add_run_flags``).
 
     Attributes:
         dataset, workers, height, width, split, seed: the release's flags of the same names.

@@ -1,6 +1,7 @@
 """Checkpoint reading and writing.
 
-Reads every checkpoint form the release wrote (spec section 8): a plain state dict or
+Reads every checkpoint form the release wrote (``baseline.py``'s ``save_checkpoint`` and
+``FDGANModel.save``): a plain state dict or
 ``{'state_dict': ...}``, with or without ``module.`` prefixes (DataParallel / DDP), with or
 without BatchNorm ``num_batches_tracked`` entries (PyTorch 0.3 files lack them). Files are always
 read with ``torch.load(weights_only=True)`` so a checkpoint from an untrusted source cannot run
@@ -150,11 +151,6 @@ def _drop_instance_norm_statistics(
         return buffer in ("running_mean", "running_var") and module in stat_free and key not in own
 
     return OrderedDict((k, v) for k, v in state_dict.items() if not release_only(k))
-
-
-def load_weights(fpath: PathLike, model: nn.Module, strict: bool = True) -> nn.Module:
-    """Load the weights in checkpoint file ``fpath`` (any release form) into ``model``."""
-    return copy_state_dict(load_checkpoint(fpath), model, strict=strict, source=os.fspath(fpath))
 
 
 def save_checkpoint(state: Any, fpath: PathLike, is_best: bool = False, best_name: str = "model_best.pth.tar") -> None:

@@ -46,7 +46,7 @@ import torch
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 from fdgan.model import LOSS_NAMES, NET_NAMES, FDGANModel  # noqa: E402
-from reid.pipelines.common import build_siamese  # noqa: E402
+from reid.models import build_siamese  # noqa: E402
 from reid.utils.serialization import save_checkpoint  # noqa: E402
 
 CONFIGS = [("resnet18", 128, 64), ("resnet18", 256, 128), ("resnet50", 128, 64), ("resnet50", 256, 128)]

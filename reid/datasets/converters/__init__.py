@@ -1,4 +1,5 @@
-"""Converters of the official downloads into the prepared layout (spec section 1).
+"""Converters of the official downloads into the prepared open-reid layout (what open-reid's
+dataset classes' ``download`` did; :mod:`reid.utils.data.dataset` reads it).
 
 Each converter reads the download as it was fetched (a zip or tar archive, or the extracted
 folder: the inner folder is found by its contents), writes ``images/`` (``PPPPPPPP_CC_NNNN.jpg``),

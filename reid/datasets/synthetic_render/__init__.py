@@ -15,11 +15,11 @@ size, then averaged down 2 x 2. Keypoints are the projected joints mapped into t
 keypoint is -1 when it falls outside the image or when something else is drawn over it (the torso
 over a far arm, hair or an occluder, the back of the head over the eyes, ...).
 
-The layout written by :func:`generate_synthetic_dataset` is the prepared one (spec section 1) plus
-``poses/``: one split whose trainval identities (the first half) are disjoint from the test
-identities, query pids = test pids, a few distractor identities only in the gallery, and the
-official-protocol lists (one query image per camera of each test identity, at most a quarter of
-its images).
+The layout written by :func:`generate_synthetic_dataset` is the prepared open-reid one
+(:mod:`reid.utils.data.dataset`) plus ``poses/``: one split whose trainval identities (the first
+half) are disjoint from the test identities, query pids = test pids, a few distractor identities
+only in the gallery, and the official-protocol lists (one query image per camera of each test
+identity, at most a quarter of its images).
 """
 from reid.datasets.synthetic_render.appearance import (
     BAGS, GENERATOR_VERSION, HAIR_COLOURS, NUM_PARTS, PATTERNS, RGB, SHIRT_COLOURS, SHOE_COLOURS, SKIN_TONES,

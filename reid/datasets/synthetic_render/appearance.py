@@ -36,7 +36,7 @@ BAGS = ("none", "backpack", "shoulder")
  R_THIGH, R_SHIN, R_FOOT, L_THIGH, L_SHIN, L_FOOT, OCCLUDER) = range(23)
 NUM_PARTS = 23
 
-# Parts on which each keypoint counts as visible (COCO-18 order, spec section 1).
+# Parts on which each keypoint counts as visible (OpenPose COCO-18 order, :mod:`reid.utils.data.pose`).
 _KEYPOINT_PARTS: Tuple[frozenset, ...] = tuple(frozenset(p) for p in (
     (HEAD,), (TORSO, NECK, HAIR, STRAP, HEAD, R_UARM, L_UARM),
     (TORSO, R_UARM, STRAP), (R_UARM, R_FARM), (R_FARM, R_HAND),

@@ -1,9 +1,10 @@
-"""The prepared dataset layout (open-reid format, spec section 1) and the loading of one split.
+"""The prepared dataset layout (open-reid format; the release's ``reid/utils/data/dataset.py``,
+``Dataset.load``) and the loading of one split.
 
 A prepared dataset is a folder holding ``images/``, ``meta.json``, ``splits.json`` and, for
 FD-GAN training, ``poses/``. :class:`Dataset` validates those files and builds the item lists
 (``train``, ``val``, ``trainval``, ``query``, ``gallery``) of one split under one of two
-evaluation protocols (spec section 7):
+evaluation protocols:
 
 - ``'openreid'`` (the release): query = every image of the query pids, gallery = every image of
   the gallery pids.

@@ -90,7 +90,7 @@ def build_pose_pair_loader(
     pin_memory: bool = False,
     drop_last: Optional[bool] = None,
 ) -> DataLoader:
-    """Pose-guided training pairs for Stages II and III (spec section 2); ``drop_last`` as in
+    """Pose-guided training pairs for Stages II and III (the release's ``train.py`` loader); ``drop_last`` as in
     :func:`build_pair_loader`."""
     dataset = Preprocessor(
         list(items), root=images_dir, with_pose=True, pose_root=poses_dir, pid_imgs=pid_imgs,

@@ -1,9 +1,9 @@
 """Pose files: 18 OpenPose COCO-18 keypoints per image, one ``row col`` line each.
 
 Coordinates are pixels in the image's own size; a negative value marks a keypoint that was not
-detected. The order is spec section 1's: nose, neck, right shoulder/elbow/wrist, left
-shoulder/elbow/wrist, right hip/knee/ankle, left hip/knee/ankle, right eye, left eye, right ear,
-left ear.
+detected. The order is OpenPose's COCO-18, as in the release's ``poses/`` files: nose, neck,
+right shoulder/elbow/wrist, left shoulder/elbow/wrist, right hip/knee/ankle, left hip/knee/ankle,
+right eye, left eye, right ear, left ear.
 """
 from __future__ import annotations
 

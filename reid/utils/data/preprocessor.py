@@ -1,4 +1,5 @@
-"""Dataset items: plain re-ID items and FD-GAN's pose-guided items (spec section 2).
+"""Dataset items: plain re-ID items and FD-GAN's pose-guided items (the release's
+``reid/utils/data/preprocessor.py``).
 
 Random draws made here (target choice, pose augmentation, the target/pose-map flip, the eraser)
 use Python's :mod:`random` module; the origin's horizontal flip uses torch's generator. PyTorch's

@@ -1,4 +1,5 @@
-"""Pair sampling for the Siamese re-ID baseline and FD-GAN (spec section 2)."""
+"""Pair sampling for the Siamese re-ID baseline and FD-GAN (the release's ``reid/utils/data/sampler.py``,
+``RandomPairSampler``)."""
 from __future__ import annotations
 
 from typing import Any, Iterator, Optional, Sequence, Tuple

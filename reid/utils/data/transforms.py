@@ -1,4 +1,5 @@
-"""Image transforms of spec section 2 (PIL image in, PIL image out) and the two standard pipelines.
+"""Image transforms of the release's ``reid/utils/data/transforms.py`` (PIL image in, PIL image
+out) and the two standard pipelines.
 
 Every random draw of the classes here uses Python's :mod:`random` module (the pipelines' flip,
 torchvision's ``RandomHorizontalFlip``, uses torch's generator). PyTorch's DataLoader seeds both

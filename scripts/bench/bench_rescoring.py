@@ -1,4 +1,4 @@
-"""Benchmark: second-stage re-scoring (spec section 7), reid.evaluators.rerank_distances against
+"""Benchmark: second-stage re-scoring (the release's ``CascadeEvaluator``), reid.evaluators.rescore_distances against
 the release's per-query loop, on a Market-sized problem.
 
 3,368 queries x 15,913 gallery items, 2,048-d L2-normalised features (751 query identities plus
@@ -8,7 +8,7 @@ statistics and affine parameters. Normalised features keep squared distances bel
 offset max(bar + 1 - d_k, 0) that keeps the re-scored items in front is non-zero for many
 queries and both parts of the algorithm are compared.
 
-Ours: rerank_distances as CascadeEvaluator.evaluate calls it (overwrite=True: the result
+Ours: rescore_distances as CascadeEvaluator.evaluate calls it (overwrite=True: the result
 written into the first stage's matrix) and returning a fresh matrix; both dispatch the square
 head's scores to reid.fast_rescoring.folded_scores. The plain form behind it: score_candidates
 running the head on every (query, candidate) pair, timed against the folded scores alone. The
@@ -20,7 +20,7 @@ Equal first-stage distances across the k-th place make the top-k set ambiguous (
 torch.topk may keep different items); such queries are counted and left out of the max
 distance difference, since either choice is the algorithm's.
 
-Usage: python scripts/bench/bench_rerank.py [--quick] [--topk K] [--repeats N] [--threads N]
+Usage: python scripts/bench/bench_rescoring.py [--quick] [--topk K] [--repeats N] [--threads N]
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 from reid.evaluation_metrics import evaluate_rank  # noqa: E402
-from reid.evaluators import _smallest_k, pairwise_distance, rerank_distances, score_candidates  # noqa: E402
+from reid.evaluators import _smallest_k, pairwise_distance, rescore_distances, score_candidates  # noqa: E402
 from reid.models.embedding import EltwiseSubEmbed  # noqa: E402
 
 NUM_CAMS = 6
@@ -84,7 +84,7 @@ def make_head(qf: torch.Tensor, gf: torch.Tensor, seed: int = 0) -> EltwiseSubEm
     return head.eval()
 
 
-def release_rerank(distmat: torch.Tensor, qf: torch.Tensor, gf: torch.Tensor, head: torch.nn.Module,
+def release_rescore(distmat: torch.Tensor, qf: torch.Tensor, gf: torch.Tensor, head: torch.nn.Module,
                    topk: int) -> Tuple[torch.Tensor, int]:
     """The release's second stage: one query at a time. Returns (new distmat, queries offset)."""
     dist = distmat.numpy().copy()
@@ -146,16 +146,16 @@ def main() -> int:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     t_over, c_over, over = timed(
-        lambda d: rerank_distances(d, qf, gf, head, rerank_topk=args.topk, overwrite=True), args.repeats,
+        lambda d: rescore_distances(d, qf, gf, head, topk=args.topk, overwrite=True), args.repeats,
         setup=distmat.clone)  # a fresh copy per run, made before the clock starts
-    t_fresh, c_fresh, fresh = timed(lambda: rerank_distances(distmat, qf, gf, head, rerank_topk=args.topk),
+    t_fresh, c_fresh, fresh = timed(lambda: rescore_distances(distmat, qf, gf, head, topk=args.topk),
                                     args.repeats)
     top_idx, _ = _smallest_k(distmat, args.topk)
     plain_fn = lambda logits: F.softmax(logits, dim=1)[:, 0]  # noqa: E731  (not the default: the plain form)
     t_fold, c_fold, folded = timed(lambda: score_candidates(qf, gf, top_idx, head), args.repeats)
     t_plain, c_plain, plain = timed(lambda: score_candidates(qf, gf, top_idx, head, plain_fn), 1)
     t_release, c_release, (release, offset_queries) = timed(
-        lambda: release_rerank(distmat, qf, gf, head, args.topk), 1)
+        lambda: release_rescore(distmat, qf, gf, head, args.topk), 1)
 
     clear = ~boundary_ties(distmat, args.topk)
     max_diff = float((over[clear] - release[clear]).abs().max())

@@ -34,8 +34,10 @@ from typing import Any, List, Tuple
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from reid.errors import ConfigError
+from reid.evaluators import pairwise_distance
 
 logger = logging.getLogger(__name__)
 
@@ -304,10 +306,6 @@ def rerank_distmat(
     Returns:
         Nq x Ng float64 array of re-ranked distances.
     """
-    import torch
-
-    from reid.evaluators import pairwise_distance
-
     qf = torch.as_tensor(np.asarray(query_features) if not hasattr(query_features, "detach") else query_features)
     gf = torch.as_tensor(np.asarray(gallery_features) if not hasattr(gallery_features, "detach") else gallery_features)
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
