@@ -12,7 +12,7 @@ from fdgan.losses import GAN_LOSS_MODES
 from fdgan.pipeline import TrainConfig
 from reid import datasets, models
 from reid.pipelines.run import RunConfig
-from reid.utils.argtypes import non_negative_int, positive_int
+from reid.utils.argtypes import non_negative_int, positive_float, positive_int
 from reid.utils.osutils import atomic_write_text
 
 _D = TrainConfig()
@@ -48,6 +48,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="under torchrun on GPUs: BatchNorm statistics over all processes (SyncBatchNorm)")
     p.add_argument("--amp", action="store_true",
                    help="mixed-precision training: fp16 with loss scaling on CUDA, bf16 on CPU")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run the output folder already holds (otherwise such a folder is refused)")
     p.add_argument("--amp-dtype", type=str, default=_R.amp_dtype, choices=["fp16", "bf16"],
                    help="with --amp: fp16 (CUDA default) or bf16 (the only type on CPU)")
 
@@ -77,9 +79,9 @@ class Options:
         p.add_argument("--noise-feature-size", type=int, default=_D.noise_feature_size)
         p.add_argument("--pose-aug", type=str, default=_D.pose_aug, choices=["no", "erase", "gauss"])
         p.add_argument("-b", "--batch-size", type=positive_int, default=_D.batch_size, help="pairs per batch")
-        p.add_argument("--niter", type=int, default=_D.niter, help="epochs at the initial learning rate")
-        p.add_argument("--niter-decay", type=int, default=_D.niter_decay, help="epochs of linear decay to zero")
-        p.add_argument("--lr", type=float, default=_D.lr)
+        p.add_argument("--niter", type=non_negative_int, default=_D.niter, help="epochs at the initial learning rate")
+        p.add_argument("--niter-decay", type=non_negative_int, default=_D.niter_decay, help="epochs of linear decay to zero")
+        p.add_argument("--lr", type=positive_float, default=_D.lr)
         p.add_argument("--save-step", type=positive_int, default=_D.save_step, help="save <epoch>_net_*.pth every N epochs")
         p.add_argument("--eval-step", type=positive_int, default=_D.eval_step, help="stage 2: validate every N epochs")
         p.add_argument("--display-port", type=int, default=_D.display_port, help="visdom server port")
@@ -122,7 +124,8 @@ class Options:
         return "\n".join(lines)
 
     def save(self, cfg: TrainConfig) -> str:
-        """Write ``<checkpoints>/<name>/opt.txt`` (appending this run's command line); returns its path."""
+        """Write ``<checkpoints>/<name>/opt.txt`` (this run's command line and options), replacing any
+        earlier one; returns its path."""
         path = os.path.join(cfg.save_dir, "opt.txt")
         atomic_write_text(path, f"command: {' '.join(sys.argv)}\n{self.format(cfg)}\n")
         return path

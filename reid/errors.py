@@ -44,3 +44,8 @@ class ConfigError(FDGANError):
 
 class WriteError(FDGANError):
     """An output file could not be written (disk full, no permission); the previous file is kept."""
+
+
+class NonFiniteError(FDGANError):
+    """A network gave NaN or infinite features or gradients (diverged weights, or mixed precision
+    out of range)."""

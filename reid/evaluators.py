@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from reid.errors import NonFiniteError
 from reid.evaluation_metrics import evaluate_rank, format_results
 from reid.fast_rescoring import default_embed_dist_fn, folded_head, folded_scores
 
@@ -19,8 +20,20 @@ logger = logging.getLogger(__name__)
 
 Item = tuple  # (fname, pid, cam)
 
-__all__ = ["CascadeEvaluator", "default_embed_dist_fn", "extract_features", "ids_and_cams",
+__all__ = ["CascadeEvaluator", "check_finite_features", "default_embed_dist_fn", "extract_features", "ids_and_cams",
            "pairwise_distance", "rerank_distances", "score_candidates"]
+
+
+def check_finite_features(batches: Sequence[torch.Tensor], source: str) -> None:
+    """Raise :class:`NonFiniteError` naming ``source`` when a feature of ``batches`` is NaN or infinite.
+
+    Ranking NaN distances would give arbitrary metrics without a word, so they are refused.
+    """
+    bad = sum(int((~torch.isfinite(b)).any(dim=-1).sum()) for b in batches if b.numel())
+    if bad:
+        total = sum(b.shape[0] for b in batches)
+        raise NonFiniteError(f"{source}: {bad} of {total} feature vectors hold NaN or infinite values "
+                             "(diverged weights, or mixed precision out of range?)")
 
 
 def extract_features(
@@ -30,12 +43,16 @@ def extract_features(
     """Run ``model`` in eval mode over ``data_loader`` of ``(img, fname, pid, cam)`` batches.
 
     Returns an ordered dict file name -> float32 feature vector (on the CPU).
+
+    Raises:
+        NonFiniteError: a feature is NaN or infinite.
     """
     model.eval()
     features: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     with torch.inference_mode():
         for imgs, fnames, _, _ in tqdm(data_loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
             out = model(imgs.to(device, non_blocking=True)).float().cpu()
+            check_finite_features([out], f"the features of {fnames[0]} and its batch")
             for fname, feat in zip(fnames, out):
                 features[fname] = feat
     return features
