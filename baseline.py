@@ -22,7 +22,7 @@ from reid import models
 from reid.errors import FDGANError
 from reid.pipelines.baseline import BaselineConfig, run_baseline
 from reid.utils.argtypes import non_negative_int, positive_float, positive_int
-from reid.utils.distributed import launcher_rank
+from reid.utils.distributed import launcher_rank, lost_peer
 from reid.utils.logging import setup_logging
 from reid.utils.osutils import folder_lock
 
@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             run_baseline(config_from_args(args))
     except FDGANError as e:
         log.error("error: %s", e)
+        return 2
+    except RuntimeError as e:
+        if not lost_peer(e):
+            raise
+        log.error("error: another process of this torchrun job stopped (its error is above); stopping too")
         return 2
     except KeyboardInterrupt:
         log.error("interrupted; continue with --resume %s", os.path.join(args.logs_dir, "checkpoint.pth.tar"))

@@ -11,7 +11,7 @@ import sys
 
 from options import Options
 from reid.errors import FDGANError
-from reid.utils.distributed import launcher_rank
+from reid.utils.distributed import launcher_rank, lost_peer
 from reid.utils.logging import setup_logging
 from reid.utils.osutils import folder_lock
 
@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
             run_training(cfg)
     except FDGANError as e:
         log.error("error: %s", e)
+        return 2
+    except RuntimeError as e:
+        if not lost_peer(e):
+            raise
+        log.error("error: another process of this torchrun job stopped (its error is above); stopping too")
         return 2
     except KeyboardInterrupt:
         log.error("interrupted; continue with the same command plus --resume")

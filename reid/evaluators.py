@@ -216,6 +216,7 @@ class CascadeEvaluator:
         place, once the first stage is scored: one distance matrix in memory instead of two."""
         ids_cams = ids_and_cams(query, gallery)
         config = "cuhk03" if dataset == "cuhk03" else "market1501"
+        _check_finite_distances(distmat, query_features, gallery_features, "first-stage")
         results = {"first_stage": evaluate_rank(distmat, *ids_cams, cmc_config=config)}
         logger.info(format_results(results["first_stage"], f"{title}first stage (Euclidean distance)"))
         if second_stage:
@@ -224,10 +225,19 @@ class CascadeEvaluator:
                 rerank_topk=rerank_topk, device=self.device,
                 overwrite=overwrite_distmat and distmat.dtype == torch.float32,
             )
+            _check_finite_distances(dist2, query_features, gallery_features, "second-stage")
             results["second_stage"] = evaluate_rank(dist2, *ids_cams, cmc_config=config)
             logger.info(format_results(
                 results["second_stage"], f"{title}second stage (verification re-scoring of top {rerank_topk})"))
         return results
+
+
+def _check_finite_distances(distmat: torch.Tensor, qf: torch.Tensor, gf: torch.Tensor, stage: str) -> None:
+    """Refuse NaN or infinite distances (finite but huge features overflow the squared distance)."""
+    if distmat.numel() and not bool(torch.isfinite(distmat).all()):
+        largest = max((float(f.abs().max()) for f in (qf, gf) if f.numel()), default=0.0)
+        raise NonFiniteError(f"the {stage} distances hold NaN or infinite values (features as large as "
+                             f"{largest:.3g}: diverged weights, or mixed precision on a degenerate batch?)")
 
 
 def _stack(features: "OrderedDict[str, torch.Tensor]", items: Iterable[Item], what: str) -> torch.Tensor:

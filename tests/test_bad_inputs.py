@@ -600,7 +600,7 @@ def test_rerun_over_a_stage1_run_is_refused_and_keeps_its_files(data: Path, caps
     before = _old_run_file(logs / name)
     msg = cli_error(baseline.main, base_argv(data, logs), capsys)
     assert msg == (f"{logs}: already holds a run ({name}); continue it with --resume "
-                   f"{logs / 'checkpoint.pth.tar'}, choose another folder, or pass --overwrite to replace it")
+                   f"{logs / name}, choose another folder, or pass --overwrite to replace it")
     assert (logs / name).read_bytes() == before
     # Weights from another folder do not continue this folder's run either.
     other = data / "elsewhere" / "model_best.pth.tar"

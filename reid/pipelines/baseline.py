@@ -83,10 +83,18 @@ def run_baseline(cfg: BaselineConfig) -> dict:
         raise ConfigError("--evaluate needs --resume PATH of the checkpoint to evaluate")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ConfigError(f"--lr {cfg.lr}: the learning rate must be a finite number > 0")
+    if cfg.amp and not cfg.evaluate and cfg.batch_size <= cfg.np_ratio + 1:
+        raise ConfigError(
+            f"--amp with -b {cfg.batch_size} and --np-ratio {cfg.np_ratio}: each batch's first images are one "
+            f"anchor image repeated (it comes with {cfg.np_ratio + 1} pairs), so BatchNorm normalises rounding "
+            f"noise, which low precision turns into exploding weights and NaN; use -b {cfg.np_ratio + 2} or more "
+            "(pairs per process)")
     if not cfg.evaluate:
+        # A kill between the two writes of an epoch can leave model_best alone; it resumes as well.
+        resume_from = next((os.path.join(cfg.logs_dir, n) for n in RUN_FILES
+                            if os.path.isfile(os.path.join(cfg.logs_dir, n))), "")
         check_run_folder(cfg.logs_dir, RUN_FILES, continuing=_continues_run_in(cfg.resume, cfg.logs_dir),
-                         overwrite=cfg.overwrite,
-                         resume_hint=f"--resume {os.path.join(cfg.logs_dir, 'checkpoint.pth.tar')}")
+                         overwrite=cfg.overwrite, resume_hint=f"--resume {resume_from}")
     protocols = expand_protocols(cfg.protocol)
     with TrainingRun(cfg) as run:
         return _run(cfg, protocols, run)
