@@ -179,8 +179,10 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
     if not ctx.is_main:
         return {}
     if not own_best or not os.path.isfile(best_path):
-        raise CheckpointError(f"{best_path}: this run saved no best model (it trained no epoch: --epochs "
-                              f"{cfg.epochs}); to test a saved model use --evaluate --resume FILE")
+        why = (f"no epoch of its validations beat the best mAP of {cfg.resume}" if start_epoch < cfg.epochs
+               else f"it trained no epoch: --epochs {cfg.epochs}")
+        raise CheckpointError(f"{best_path}: this run saved no best model ({why}); to test a saved model use "
+                              "--evaluate --resume FILE")
     copy_state_dict(load_checkpoint(best_path), model, source=best_path)
     topk = cfg.rerank_topk if cfg.rerank_topk is not None else 75
     results = evaluate_on_test(model, rerank_topk=topk, title="[test] ", **eval_kwargs)
