@@ -12,6 +12,7 @@ Several GPUs (``-b`` is per process; see docs/distributed.md):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -20,9 +21,10 @@ from run_options import add_run_flags
 from reid import models
 from reid.errors import FDGANError
 from reid.pipelines.baseline import BaselineConfig, run_baseline
-from reid.utils.argtypes import non_negative_int, positive_int
-from reid.utils.distributed import launcher_rank
+from reid.utils.argtypes import non_negative_int, positive_float, positive_int
+from reid.utils.distributed import launcher_rank, lost_peer
 from reid.utils.logging import setup_logging
+from reid.utils.osutils import folder_lock
 
 _D = BaselineConfig()
 
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", type=positive_int, default=_D.batch_size, help="pairs per batch (2x images)")
     p.add_argument("--combine-trainval", action="store_true", help="train on train+val")
     p.add_argument("-a", "--arch", type=str, default=_D.arch, choices=models.names())
-    p.add_argument("--lr", type=float, default=_D.lr)
+    p.add_argument("--lr", type=positive_float, default=_D.lr)
     p.add_argument("--np-ratio", type=int, default=_D.np_ratio, help="negative pairs per positive pair")
     p.add_argument("--momentum", type=float, default=_D.momentum)
     p.add_argument("--weight-decay", type=float, default=_D.weight_decay)
@@ -59,10 +61,8 @@ def config_from_args(args: argparse.Namespace) -> BaselineConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.evaluate and args.resume:
-        log_file = os.path.join(os.path.dirname(os.path.abspath(args.resume)), "log_test.txt")
-    else:
-        log_file = os.path.join(args.logs_dir, "log.txt")
+    # Everything is written to --logs-dir; --evaluate only reads the --resume file.
+    log_file = os.path.join(args.logs_dir, "log_test.txt" if args.evaluate else "log.txt")
     try:
         if launcher_rank() == 0:
             setup_logging(log_file)
@@ -74,9 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("baseline")
     log.info("Command: %s", " ".join(sys.argv))
     try:
-        run_baseline(config_from_args(args))
+        # One training run per folder at a time (rank 0 writes every file).
+        locked = launcher_rank() == 0 and not args.evaluate
+        with folder_lock(args.logs_dir) if locked else contextlib.nullcontext():
+            run_baseline(config_from_args(args))
     except FDGANError as e:
         log.error("error: %s", e)
+        return 2
+    except RuntimeError as e:
+        if not lost_peer(e):
+            raise
+        log.error("error: another process of this torchrun job stopped (its error is above); stopping too")
         return 2
     except KeyboardInterrupt:
         log.error("interrupted; continue with --resume %s", os.path.join(args.logs_dir, "checkpoint.pth.tar"))

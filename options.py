@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 from fdgan.losses import GAN_LOSS_MODES
 from fdgan.pipeline import TrainConfig
 from reid import models
-from reid.utils.argtypes import positive_int
+from reid.utils.argtypes import non_negative_int, positive_float, positive_int
 from reid.utils.osutils import atomic_write_text
 from run_options import add_run_flags
 
@@ -43,9 +43,9 @@ class Options:
         p.add_argument("--noise-feature-size", type=int, default=_D.noise_feature_size)
         p.add_argument("--pose-aug", type=str, default=_D.pose_aug, choices=["no", "erase", "gauss"])
         p.add_argument("-b", "--batch-size", type=positive_int, default=_D.batch_size, help="pairs per batch")
-        p.add_argument("--niter", type=int, default=_D.niter, help="epochs at the initial learning rate")
-        p.add_argument("--niter-decay", type=int, default=_D.niter_decay, help="epochs of linear decay to zero")
-        p.add_argument("--lr", type=float, default=_D.lr)
+        p.add_argument("--niter", type=non_negative_int, default=_D.niter, help="epochs at the initial learning rate")
+        p.add_argument("--niter-decay", type=non_negative_int, default=_D.niter_decay, help="epochs of linear decay to zero")
+        p.add_argument("--lr", type=positive_float, default=_D.lr)
         p.add_argument("--save-step", type=positive_int, default=_D.save_step, help="save <epoch>_net_*.pth every N epochs")
         p.add_argument("--eval-step", type=positive_int, default=_D.eval_step, help="stage 2: validate every N epochs")
         p.add_argument("--display-port", type=int, default=_D.display_port, help="visdom server port")
@@ -88,7 +88,8 @@ class Options:
         return "\n".join(lines)
 
     def save(self, cfg: TrainConfig) -> str:
-        """Write ``<checkpoints>/<name>/opt.txt`` (appending this run's command line); returns its path."""
+        """Write ``<checkpoints>/<name>/opt.txt`` (this run's command line and options), replacing any
+        earlier one; returns its path."""
         path = os.path.join(cfg.save_dir, "opt.txt")
         atomic_write_text(path, f"command: {' '.join(sys.argv)}\n{self.format(cfg)}\n")
         return path

@@ -46,5 +46,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="under torchrun on GPUs: BatchNorm statistics over all processes (SyncBatchNorm)")
     p.add_argument("--amp", action="store_true",
                    help="mixed-precision training: fp16 with loss scaling on CUDA, bf16 on CPU")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run the output folder already holds (otherwise such a folder is refused)")
     p.add_argument("--amp-dtype", type=str, default=_R.amp_dtype, choices=["fp16", "bf16"],
                    help="with --amp: fp16 (CUDA default) or bf16 (the only type on CPU)")

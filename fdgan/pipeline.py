@@ -12,20 +12,23 @@ from tqdm import tqdm
 
 from fdgan.model import FDGANModel, check_pretrain_files
 from fdgan.utils.visualizer import Visualizer
-from reid.errors import CheckpointError, NonFiniteLossError
+from reid.errors import CheckpointError, ConfigError, NonFiniteLossError
 from reid.evaluation_metrics import format_results
 from reid.evaluators import RESCORE_TOPK, TEST_RESCORE_TOPK
 from reid.models.pretrained import RANDOM, recorded_origin, write_origin
 from reid.pipelines.common import (
-    chance_on_test, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results,
+    chance_on_test, check_test_images, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset,
+    write_results,
 )
-from reid.pipelines.run import RunConfig, TrainingRun
+from reid.pipelines.run import RunConfig, TrainingRun, check_run_folder
 from reid.utils.data.loaders import build_pose_pair_loader
 from reid.utils.serialization import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
 RESUME_FILE = "latest.pth"
+#: Files whose presence means a run folder holds a Stage II/III run.
+RUN_FILES = (RESUME_FILE, "*_net_*.pth")
 
 
 @dataclass
@@ -77,6 +80,16 @@ class TrainConfig(RunConfig):
         return os.path.join(self.checkpoints, self.name)
 
 
+def check_train_folder(cfg: TrainConfig) -> None:
+    """Refuse a new run in ``<checkpoints>/<name>`` when it holds one (see :func:`check_run_folder`).
+
+    Raises:
+        ConfigError: the folder holds a run, and neither ``resume`` nor ``overwrite`` is set.
+    """
+    check_run_folder(cfg.save_dir, RUN_FILES, continuing=cfg.resume, overwrite=cfg.overwrite,
+                     resume_hint="the same command plus --resume")
+
+
 def run_training(cfg: TrainConfig) -> dict:
     """Run Stage II (``stage=1``) or Stage III (``stage=2``); returns the final test metrics (stage 2).
 
@@ -85,6 +98,12 @@ def run_training(cfg: TrainConfig) -> dict:
     rank 0 alone logs, shows visuals, evaluates, writes files and returns the metrics (the other
     processes return ``{}``).
     """
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ConfigError(f"--lr {cfg.lr}: the learning rate must be a finite number > 0")
+    if cfg.niter + cfg.niter_decay < 1 and not cfg.dry_run:
+        raise ConfigError(f"--niter {cfg.niter} --niter-decay {cfg.niter_decay}: no epoch to train "
+                          "(their sum must be at least 1)")
+    check_train_folder(cfg)
     check_pretrain_files(cfg.stage, cfg.netE_pretrain, cfg.netG_pretrain, cfg.netDi_pretrain, cfg.netDp_pretrain,
                          pretrained=cfg.pretrained)
     protocols = expand_protocols(cfg.protocol)
@@ -101,6 +120,8 @@ def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
         cfg.batch_size, cfg.workers, pose_aug=cfg.pose_aug, pin_memory=device.type == "cuda",
         sampler=sampler, drop_last=False if sampler is not None else None,
     )
+    if cfg.stage == 2:
+        check_test_images(cfg.dataset, cfg.dataroot, cfg.split, protocols, cfg.num_val)
     model = FDGANModel.from_options(cfg, device=device, mixed_precision=run.mixed_precision)
     model.distribute(ctx, sync_bn=cfg.sync_bn)
     if cfg.dry_run:

@@ -48,3 +48,8 @@ class WriteError(FDGANError):
 
 class NonFiniteLossError(FDGANError):
     """A training loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
+
+
+class NonFiniteError(FDGANError):
+    """A network gave NaN or infinite features or gradients (diverged weights, or mixed precision
+    out of range)."""

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from reid.errors import NonFiniteError
 from reid.evaluation_metrics import evaluate_rank, format_results
 from reid.fast_rescoring import folded_scores
 from reid.models.embedding import default_embed_dist_fn, folded_head
@@ -26,8 +27,20 @@ TEST_RESCORE_TOPK = 100
 
 Item = tuple  # (fname, pid, cam)
 
-__all__ = ["RESCORE_TOPK", "TEST_RESCORE_TOPK", "CascadeEvaluator", "default_embed_dist_fn", "extract_features",
-           "ids_and_cams", "pairwise_distance", "rescore_distances", "score_candidates"]
+__all__ = ["RESCORE_TOPK", "TEST_RESCORE_TOPK", "CascadeEvaluator", "check_finite_features", "default_embed_dist_fn",
+           "extract_features", "ids_and_cams", "pairwise_distance", "rescore_distances", "score_candidates"]
+
+
+def check_finite_features(batches: Sequence[torch.Tensor], source: str) -> None:
+    """Raise :class:`NonFiniteError` naming ``source`` when a feature of ``batches`` is NaN or infinite.
+
+    Ranking NaN distances would give arbitrary metrics without a word, so they are refused.
+    """
+    bad = sum(int((~torch.isfinite(b)).any(dim=-1).sum()) for b in batches if b.numel())
+    if bad:
+        total = sum(b.shape[0] for b in batches)
+        raise NonFiniteError(f"{source}: {bad} of {total} feature vectors hold NaN or infinite values "
+                             "(diverged weights, or mixed precision out of range?)")
 
 
 def extract_features(
@@ -37,12 +50,16 @@ def extract_features(
     """Run ``model`` in eval mode over ``data_loader`` of ``(img, fname, pid, cam)`` batches.
 
     Returns an ordered dict file name -> float32 feature vector (on the CPU).
+
+    Raises:
+        NonFiniteError: a feature is NaN or infinite.
     """
     model.eval()
     features: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     with torch.inference_mode():
         for imgs, fnames, _, _ in tqdm(data_loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
             out = model(imgs.to(device, non_blocking=True)).float().cpu()
+            check_finite_features([out], f"the features of {fnames[0]} and its batch")
             for fname, feat in zip(fnames, out):
                 features[fname] = feat
     return features
@@ -206,6 +223,7 @@ class CascadeEvaluator:
         place, once the first stage is scored: one distance matrix in memory instead of two."""
         ids_cams = ids_and_cams(query, gallery)
         config = "cuhk03" if dataset == "cuhk03" else "market1501"
+        _check_finite_distances(distmat, query_features, gallery_features, "first-stage")
         results = {"first_stage": evaluate_rank(distmat, *ids_cams, cmc_config=config)}
         logger.info(format_results(results["first_stage"], f"{title}first stage (Euclidean distance)"))
         if second_stage:
@@ -214,10 +232,19 @@ class CascadeEvaluator:
                 topk=rerank_topk, device=self.device,
                 overwrite=overwrite_distmat and distmat.dtype == torch.float32,
             )
+            _check_finite_distances(dist2, query_features, gallery_features, "second-stage")
             results["second_stage"] = evaluate_rank(dist2, *ids_cams, cmc_config=config)
             logger.info(format_results(
                 results["second_stage"], f"{title}second stage (verification re-scoring of top {rerank_topk})"))
         return results
+
+
+def _check_finite_distances(distmat: torch.Tensor, qf: torch.Tensor, gf: torch.Tensor, stage: str) -> None:
+    """Refuse NaN or infinite distances (finite but huge features overflow the squared distance)."""
+    if distmat.numel() and not bool(torch.isfinite(distmat).all()):
+        largest = max((float(f.abs().max()) for f in (qf, gf) if f.numel()), default=0.0)
+        raise NonFiniteError(f"the {stage} distances hold NaN or infinite values (features as large as "
+                             f"{largest:.3g}: diverged weights, or mixed precision on a degenerate batch?)")
 
 
 def _stack(features: "OrderedDict[str, torch.Tensor]", items: Iterable[Item], what: str) -> torch.Tensor:

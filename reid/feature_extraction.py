@@ -21,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from reid.errors import ConfigError, DatasetError, first_line
+from reid.evaluators import check_finite_features
 from reid.models.loading import backbone_state_dict, load_backbone
 from reid.utils.data.images import ImageInput, list_images, to_pil
 from reid.utils.data.transforms import build_test_transform
@@ -106,15 +107,23 @@ class FeatureExtractor:
 
         Args:
             images: a list of image paths, PIL images or H x W x 3 uint8 arrays (mixed freely);
-                one such image; an N x H x W x 3 uint8 array; or an N x 3 x H x W float tensor
-                already preprocessed (resized and normalised), which is used as it is.
+                one such image; an N x H x W x 3 uint8 array; an N x 3 x H x W uint8 tensor of
+                pixels (preprocessed as images are); or an N x 3 x H x W float tensor already
+                preprocessed (resized and normalised), which is used as it is.
 
         Raises:
-            DatasetError: an unreadable image file, or an array or tensor of the wrong shape.
+            DatasetError: an unreadable image file, an array or tensor of the wrong shape or type.
+            NonFiniteError: the network gave NaN or infinite features.
         """
         if isinstance(images, torch.Tensor):
             if images.ndim != 4 or images.shape[1] != 3:
                 raise DatasetError(f"images: expected an N x 3 x H x W tensor, got shape {tuple(images.shape)}")
+            if images.dtype == torch.uint8:  # pixels, not a normalised batch
+                images = list(images.permute(0, 2, 3, 1).cpu().numpy())
+                return self(images)
+            if not images.is_floating_point():
+                raise DatasetError(f"images: expected a uint8 tensor of pixels or a normalised float tensor, "
+                                   f"got {images.dtype}")
             batches = (images[i:i + self.batch_size].float() for i in range(0, images.shape[0], self.batch_size))
             return self._run(batches)
         if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -141,6 +150,7 @@ class FeatureExtractor:
                 if self.normalize:
                     out = F.normalize(out, dim=1)
                 outputs.append(out.cpu())
+        check_finite_features(outputs, self.checkpoint or "the model")
         if not outputs:
             return torch.zeros(0, self.feature_dim or 0)
         return torch.cat(outputs)

@@ -57,7 +57,8 @@ class BaseTrainer:
         """Train for one epoch; returns ``{'loss': mean loss, 'prec': mean pair accuracy}``.
 
         Raises:
-            NonFiniteLossError: the loss became NaN/inf (nothing of this step is applied).
+            NonFiniteLossError: the loss became NaN/inf, or under bf16 mixed precision a gradient did
+                (nothing of this step is applied).
         """
         self.model.train()
         losses, precisions = AverageMeter(), AverageMeter()
@@ -78,6 +79,10 @@ class BaseTrainer:
                 raise NonFiniteLossError(f"epoch {epoch} iteration {i}: the training loss is {loss_value}")
             optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if self.mixed_precision.enabled and not self.scaler.is_enabled():
+                # bf16 has no GradScaler to skip a step whose gradients overflowed: stop instead of
+                # writing NaN into the weights (and the checkpoint) while the loss still looks fine.
+                self._check_gradients(optimizer, epoch, i)
             self.scaler.step(optimizer)
             self.scaler.update()
             n = targets.size(0) * self.dist.world_size
@@ -87,6 +92,14 @@ class BaseTrainer:
         bar.close()
         logger.info("Epoch %d: loss %.4f, pair accuracy %.2f%%", epoch, losses.avg, 100 * precisions.avg)
         return {"loss": losses.avg, "prec": precisions.avg}
+
+    def _check_gradients(self, optimizer: torch.optim.Optimizer, epoch: int, i: int) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+            raise NonFiniteLossError(
+                f"epoch {epoch} iteration {i}: the gradients are NaN or infinite under --amp "
+                f"({self.mixed_precision.dtype}) although the loss is finite; stopped before the step, the "
+                "last good checkpoint is kept (train without --amp?)")
 
     def _reduce(self, loss: torch.Tensor, prec: float) -> tuple[float, float]:
         """Loss and accuracy of this step, averaged over the processes of a torchrun run."""

@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     start = time.time()
     size = ["--height", str(args.height), "--width", str(args.width)]
-    common = ["-d", "synthetic", "-j", str(args.workers), "--device", "cpu", "--no-progress", "--seed", "1"]
+    # --overwrite: a demo rerun replaces the previous demo's runs.
+    common = ["-d", "synthetic", "-j", str(args.workers), "--device", "cpu", "--no-progress", "--seed", "1",
+              "--overwrite"]
 
     root = os.path.join(args.data_dir, "synthetic")
     run([py, "scripts/make_synthetic_dataset.py", "--root", root])

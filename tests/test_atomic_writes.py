@@ -324,7 +324,7 @@ def test_stage1_run_and_evaluation_write_atomically(data: Path, monkeypatch: pyt
     log = ReplaceLog(monkeypatch)
     logs = data / "logs"
     assert baseline.main(baseline_argv(data, logs, "--epochs", "1")) == 0
-    assert baseline.main(baseline_argv(data, data / "unused", "--evaluate", "--resume",
+    assert baseline.main(baseline_argv(data, logs, "--evaluate", "--resume",
                                        str(logs / "model_best.pth.tar"))) == 0
     assert_all_atomic(logs, log, [r"checkpoint\.pth\.tar", r"model_best\.pth\.tar", r"results\.json",
                                   r"evaluate_results\.json", r"log\.txt", r"log_test\.txt"])

@@ -585,3 +585,266 @@ def test_report_page_escapes_names_captions_and_cells(tmp_path: Path) -> None:
         assert visible in shown
     hrefs = re.findall(r'href="([^"]+)"', text)
     assert [unquote(h) for h in hrefs] == [name]
+
+
+# --------------------------------------------------------------------------- lost work, wrong results (issue 23)
+def _old_run_file(path: Path, text: str = "an older run's file") -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pth.tar", "model_best.pth.tar"])
+def test_rerun_over_a_stage1_run_is_refused_and_keeps_its_files(data: Path, capsys, name: str) -> None:
+    logs = data / "logs"
+    before = _old_run_file(logs / name)
+    msg = cli_error(baseline.main, base_argv(data, logs), capsys)
+    assert msg == (f"{logs}: already holds a run ({name}); continue it with --resume "
+                   f"{logs / name}, choose another folder, or pass --overwrite to replace it")
+    assert (logs / name).read_bytes() == before
+    # Weights from another folder do not continue this folder's run either.
+    other = data / "elsewhere" / "model_best.pth.tar"
+    _old_run_file(other)
+    assert cli_error(baseline.main, base_argv(data, logs, "--resume", str(other)), capsys) == msg
+
+
+def test_rerun_over_a_stage2_run_is_refused_and_keeps_its_files(data: Path, capsys) -> None:
+    run = data / "ck" / "run"
+    before = {n: _old_run_file(run / n) for n in ("1_net_G.pth", "opt.txt")}
+    msg = cli_error(train.main, train_argv(data, data / "ck"), capsys)
+    assert msg == (f"{run}: already holds a run (1_net_G.pth); continue it with the same command plus --resume, "
+                   "choose another folder, or pass --overwrite to replace it")
+    assert {n: (run / n).read_bytes() for n in before} == before
+    (run / "1_net_G.pth").unlink()
+    _old_run_file(run / "latest.pth")
+    assert "already holds a run (latest.pth)" in cli_error(train.main, train_argv(data, data / "ck"), capsys)
+
+
+def test_check_run_folder_patterns_resume_and_overwrite(tmp_path: Path) -> None:
+    from reid.errors import ConfigError
+    from reid.pipelines.run import check_run_folder
+
+    patterns = ("latest.pth", "*_net_*.pth")
+    for name in ("opt.txt", "train_log.txt", ".latest.pth.x1.tmp", "latest.pth.bak"):  # not a run's weights
+        (tmp_path / name).write_text("x")
+    check_run_folder(str(tmp_path), patterns, continuing=False, overwrite=False, resume_hint="--resume")
+    check_run_folder(str(tmp_path / "missing"), patterns, continuing=False, overwrite=False, resume_hint="--resume")
+    for name in ("best_net_E.pth", "10_net_Dp.pth", "2_net_G.pth", "latest.pth"):
+        (tmp_path / name).write_text("x")
+    with pytest.raises(ConfigError) as err:
+        check_run_folder(str(tmp_path), patterns, continuing=False, overwrite=False, resume_hint="--resume")
+    assert str(err.value).startswith(f"{tmp_path}: already holds a run (10_net_Dp.pth, 2_net_G.pth, best_net_E.pth, "
+                                     "...); continue it with --resume,")
+    check_run_folder(str(tmp_path), patterns, continuing=True, overwrite=False, resume_hint="--resume")
+    check_run_folder(str(tmp_path), patterns, continuing=False, overwrite=True, resume_hint="--resume")
+
+
+def test_a_second_run_in_a_folder_in_use_is_refused(data: Path, capsys) -> None:
+    from reid.utils.osutils import folder_lock
+
+    logs, run = data / "logs", data / "ck" / "run"
+    with folder_lock(logs), folder_lock(run):
+        assert cli_error(baseline.main, base_argv(data, logs, "--overwrite"), capsys) == (
+            f"{logs}: another run is using this folder right now; wait for it to end or choose another folder")
+        assert cli_error(train.main, train_argv(data, data / "ck", "--overwrite"), capsys) == (
+            f"{run}: another run is using this folder right now; wait for it to end or choose another folder")
+        assert not (run / "opt.txt").exists()  # refused before the options file was written
+    with folder_lock(logs):  # released when the holder leaves the block (the OS releases it on kill -9 too)
+        pass
+
+
+def test_a_folder_lock_held_by_another_process_is_seen(tmp_path: Path) -> None:
+    from reid.errors import ConfigError
+    from reid.utils.osutils import folder_lock
+
+    code = ("import sys, time; from reid.utils.osutils import folder_lock\n"
+            f"with folder_lock({str(tmp_path)!r}):\n    print('held', flush=True); sys.stdin.readline()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match="another run is using this folder"):
+            with folder_lock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=timeout(30))
+    with folder_lock(tmp_path):  # the killed holder's lock is gone
+        pass
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_a_run_and_epochs_0_never_tests_an_old_model(data: Path, capsys) -> None:
+    logs = data / "logs"
+    cli_ok(baseline.main, base_argv(data, logs), capsys)
+    old_best = (logs / "model_best.pth.tar").read_bytes()
+    old_results = (logs / "results.json").read_bytes()
+    msg = cli_error(baseline.main, base_argv(data, logs, "--epochs", "0", "--overwrite"), capsys)
+    assert msg == (f"{logs / 'model_best.pth.tar'}: this run saved no best model (it trained no epoch: --epochs 0); "
+                   "to test a saved model use --evaluate --resume FILE")
+    assert (logs / "results.json").read_bytes() == old_results  # no results passed off as this run's
+    cli_ok(baseline.main, base_argv(data, logs, "--overwrite", "--seed", "5"), capsys)
+    assert (logs / "model_best.pth.tar").read_bytes() != old_best
+    # Continuing the run (its epoch 0 done) to 2 epochs is not refused.
+    cli_ok(baseline.main, base_argv(data, logs, "--epochs", "2", "--resume", str(logs / "checkpoint.pth.tar")), capsys)
+    assert load_checkpoint(logs / "checkpoint.pth.tar")["epoch"] == 1
+
+
+def test_train_with_no_epoch_is_refused(data: Path, capsys) -> None:
+    msg = cli_error(train.main, train_argv(data, data / "ck", "--niter", "0", "--niter-decay", "0"), capsys)
+    assert msg == "--niter 0 --niter-decay 0: no epoch to train (their sum must be at least 1)"
+
+
+@pytest.mark.parametrize("main", [baseline.main, train.main], ids=["baseline", "train"])
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_bad_learning_rate_is_one_line(capsys, main, value: str) -> None:
+    assert argparse_error(main, ["--lr", value], capsys) == f"argument --lr: must be a finite number > 0, got {value}"
+
+
+def test_library_refuses_a_bad_learning_rate(tmp_path: Path) -> None:
+    from fdgan.pipeline import TrainConfig, run_training
+    from reid.errors import ConfigError
+    from reid.pipelines.baseline import BaselineConfig, run_baseline
+
+    for lr in (-1.0, 0.0, float("nan")):
+        with pytest.raises(ConfigError, match=r"^--lr .*: the learning rate must be a finite number > 0$"):
+            run_baseline(BaselineConfig(lr=lr, logs_dir=str(tmp_path)))
+        with pytest.raises(ConfigError, match=r"^--lr .*: the learning rate must be a finite number > 0$"):
+            run_training(TrainConfig(lr=lr, checkpoints=str(tmp_path)))
+
+
+def _siamese_file(path: Path, change: Callable[[Dict[str, Any]], None]) -> Path:
+    torch.manual_seed(0)
+    state = {f"module.{k}": v for k, v in build_siamese("resnet18", pretrained=False).state_dict().items()}
+    change(state)
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+def test_non_finite_weights_are_refused_by_every_loader(data: Path, capsys, tmp_path: Path) -> None:
+    from reid.errors import CheckpointError
+    from reid.feature_extraction import FeatureExtractor
+    from helpers import load_script
+
+    key = "module.base_model.base.layer2.0.conv1.weight"
+
+    def poison(state: Dict[str, Any]) -> None:
+        state[key][0, 0, 0, 0] = float("nan")
+        state[key][1, 0, 0, 0] = float("inf")
+
+    path = _siamese_file(data / "model_best.pth.tar", poison)
+    message = (f"{path}: tensor 'base_model.base.layer2.0.conv1.weight' holds 2 NaN or infinite value(s) "
+               "(the run that wrote it diverged?)")
+    assert cli_error(baseline.main, base_argv(data, data / "logs", "--evaluate", "--resume", str(path)),
+                     capsys) == message
+    assert cli_error(train.main, train_argv(data, data / "ck", "--netE-pretrain", str(path), stage1=False),
+                     capsys) == message
+    out = tmp_path / "feats.h5"
+    extract = load_script("extract_features")
+    rc = extract.main(["--checkpoint", str(path), "--images", str(data / "synthetic" / "images"), "--output",
+                       str(out), "-a", "resnet18", "--height", "64", "--width", "32", "--device", "cpu"])
+    assert rc == 2 and one_error_line(capsys.readouterr().err) == message.replace(
+        "'base_model.base.layer2.0.conv1.weight'", "'base.layer2.0.conv1.weight'")
+    assert not out.exists()
+    with pytest.raises(CheckpointError, match="holds 2 NaN or infinite"):
+        FeatureExtractor(path, arch="resnet18", height=64, width=32)
+
+
+def test_non_tensor_state_dict_values_are_one_line(data: Path, capsys) -> None:
+    def add_text(state: Dict[str, Any]) -> None:
+        state["module.embed_model.bn.running_mean"] = "not a tensor"
+
+    path = _siamese_file(data / "odd.pth.tar", add_text)
+    msg = cli_error(baseline.main, base_argv(data, data / "logs", "--evaluate", "--resume", str(path)), capsys)
+    assert msg == f"{path}: 'embed_model.bn.running_mean' holds a str, not a tensor (not a state dict of weights?)"
+
+
+def test_missing_test_image_is_found_before_training(data: Path, capsys) -> None:
+    images = data / "synthetic" / "images"
+    query = files_of(data, first_split_pids(data, "query"))
+    os.remove(images / query[3])
+    logs = data / "logs"
+    msg = cli_error(baseline.main, base_argv(data, logs), capsys)
+    assert msg == f"{images / query[3]}: image file not found; it is in the openreid query/gallery of split 0"
+    assert "Epoch 0: loss" not in (logs / "log.txt").read_text()
+    assert not (logs / "checkpoint.pth.tar").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_reads_the_checkpoint_folder_and_writes_only_to_logs_dir(data: Path, capsys) -> None:
+    ro = data / "readonly"
+    path = _siamese_file(ro.parent / "w.pth.tar", lambda s: None)
+    ro.mkdir()
+    os.replace(path, ro / "model_best.pth.tar")
+    listing = {p.name: p.stat().st_mtime_ns for p in ro.iterdir()}
+    ro.chmod(0o555)
+    try:
+        logs = data / "eval_logs"
+        cli_ok(baseline.main, base_argv(data, logs, "--evaluate", "--resume", str(ro / "model_best.pth.tar")), capsys)
+    finally:
+        ro.chmod(0o755)
+    assert {p.name: p.stat().st_mtime_ns for p in ro.iterdir()} == listing
+    assert sorted(p.name for p in logs.iterdir()) == ["evaluate_results.json", "log_test.txt"]
+    saved = json.loads((logs / "evaluate_results.json").read_text())
+    assert saved["checkpoint"] == str(ro / "model_best.pth.tar")
+
+
+def _tiny_extractor():
+    from reid.feature_extraction import FeatureExtractor
+    from reid.models import create
+
+    torch.manual_seed(0)
+    return FeatureExtractor(model=create("resnet18", pretrained=False, cut_at_pooling=True), height=64, width=32)
+
+
+def test_uint8_tensors_are_preprocessed_as_images_and_other_integer_tensors_refused() -> None:
+    import numpy as np
+    from reid.errors import DatasetError
+
+    extractor = _tiny_extractor()
+    pixels = torch.randint(0, 256, (3, 3, 80, 40), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    arrays = [p.permute(1, 2, 0).numpy() for p in pixels]
+    from_arrays = extractor(arrays)
+    from PIL import Image
+    from reid.utils.data.transforms import build_test_transform
+
+    transform = build_test_transform(64, 32)  # resized to 64 x 32, ImageNet mean/std
+    normalised = torch.stack([transform(Image.fromarray(a)) for a in arrays])
+    assert torch.equal(extractor(pixels), from_arrays)
+    assert torch.allclose(extractor(normalised), from_arrays, rtol=1e-5, atol=1e-5)
+    assert float(normalised.abs().max()) < 3  # what the network sees: not 0..255
+    with pytest.raises(DatasetError, match=r"^images: expected a uint8 tensor of pixels or a normalised float "
+                                           r"tensor, got torch.int64$"):
+        extractor(pixels.long())
+    assert np.asarray(arrays[0]).dtype == np.uint8
+
+
+def _png16(path: Path, values) -> None:
+    """A 16-bit grayscale PNG (PIL mode I;16)."""
+    import numpy as np
+
+    Image.fromarray(np.asarray(values, dtype=np.uint16)).save(path, format="PNG")
+
+
+def test_16_bit_pngs_are_read_as_their_picture(tmp_path: Path) -> None:
+    import numpy as np
+    from reid.utils.data.images import read_image
+
+    ramp = (np.arange(64 * 32).reshape(64, 32) * 32).astype(np.uint16)  # 0 .. 65504
+    _png16(tmp_path / "deep.png", ramp)
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode == "I;16"
+    eight = np.rint(ramp / 257.0).astype(np.uint8)  # the same picture at 8 bits, by hand
+    Image.fromarray(eight).save(tmp_path / "flat.png")
+    got = np.asarray(read_image(tmp_path / "deep.png"))
+    assert got.shape == (64, 32, 3) and got[0, 0, 0] == 0 and got[-1, -1, 0] == round(65504 / 257)
+    assert np.array_equal(got, np.asarray(read_image(tmp_path / "flat.png")))
+    # Training data (the Preprocessor) and extraction read the same pixels.
+    from reid.utils.data.transforms import build_test_transform
+
+    pre = Preprocessor([("deep.png", 0, 0), ("flat.png", 0, 0)], root=str(tmp_path),
+                       transform=build_test_transform(64, 32), height=64, width=32)
+    assert torch.equal(pre[0][0], pre[1][0])
+    extractor = _tiny_extractor()
+    feats = extractor([str(tmp_path / "deep.png"), str(tmp_path / "flat.png")])
+    assert torch.equal(feats[0], feats[1])

@@ -48,14 +48,16 @@ def test_training_raises_map_well_above_untrained(data_dir, trained):
 
 def test_evaluate_resume_reproduces_saved_metrics(data_dir, trained):
     saved = json.loads((trained / "results.json").read_text())["results"]
+    out = data_dir / "evaluation"  # --evaluate writes to --logs-dir, never beside the checkpoint
     rc = baseline.main(COMMON + ["--data-dir", str(data_dir), "--evaluate", "--resume",
-                                 str(trained / "model_best.pth.tar"), "--rerank-topk", "75"])
+                                 str(trained / "model_best.pth.tar"), "--rerank-topk", "75", "--logs-dir", str(out)])
     assert rc == 0
-    again = json.loads((trained / "evaluate_results.json").read_text())["results"]
+    assert not (trained / "evaluate_results.json").exists() and not (trained / "log_test.txt").exists()
+    again = json.loads((out / "evaluate_results.json").read_text())["results"]
     for stage in ("first_stage", "second_stage"):
         for key in ("mAP", "top1", "top5", "top10"):
             assert again["openreid"][stage][key] == pytest.approx(saved["openreid"][stage][key], abs=1e-9)
-    assert os.path.isfile(trained / "log_test.txt")
+    assert os.path.isfile(out / "log_test.txt")
 
 
 def test_checkpoint_has_release_format(trained):

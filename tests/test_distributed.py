@@ -14,6 +14,7 @@ pairs of a batch in one process), which would hide a real error.
 """
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader
 from fdgan.model import NET_NAMES, FDGANModel
 from helpers import timeout as scaled_timeout
 from reid.errors import ConfigError
+from reid.feature_extraction import FeatureExtractor
 from reid.pipelines.baseline import freeze_unused_fc
 from reid.models import build_siamese
 from reid.trainers import SiameseTrainer
@@ -314,13 +316,21 @@ def _torchrun(args: list[str], timeout: float = scaled_timeout(300)) -> subproce
 
 
 @pytest.mark.slow
-def test_torchrun_baseline_cli_writes_release_files_once(synthetic_root, tmp_path):
+@pytest.mark.parametrize("precision", [["-b", "4"], ["-b", "8", "--amp"]], ids=["fp32", "amp"])
+def test_torchrun_baseline_cli_writes_release_files_once(synthetic_root, tmp_path, precision):
+    """Also with --amp (bf16) and no --sync-bn, which gave NaN features when each process's batch
+    held one anchor image (-b 4 is refused with --amp: tests/test_amp.py)."""
     logs = tmp_path / "logs"
     _torchrun(["baseline.py", "-d", "synthetic", "--data-dir", os.path.dirname(synthetic_root),
                "--logs-dir", str(logs), "-a", "resnet18", "--no-pretrained", "--height", str(H), "--width", str(W),
-               "-b", "4", "-j", "0", "--epochs", "1", "--max-iters-per-epoch", "2", "--eval-step", "1",
-               "--rerank-topk", "5", "--augment", "none", "--no-progress", "--device", "cpu"])
+               "-j", "0", "--epochs", "1", "--max-iters-per-epoch", "2", "--eval-step", "1",
+               "--rerank-topk", "5", "--augment", "none", "--no-progress", "--device", "cpu", *precision])
     ckpt = load_checkpoint(logs / "checkpoint.pth.tar")
+    # Finite weights, features and metrics (a NaN would be refused by the loader and the
+    # evaluation; here it must simply not happen).
+    features = FeatureExtractor(logs / "model_best.pth.tar", arch="resnet18", height=H, width=W)(
+        torch.rand(4, 3, H, W, generator=torch.Generator().manual_seed(0)))
+    assert torch.isfinite(features).all() and float(features.abs().max()) > 0
     keys = list(ckpt["state_dict"])
     assert all(k.startswith("module.") and not k.startswith("module.module.") for k in keys)
     assert keys == ["module." + k for k in build_siamese("resnet18", pretrained=False).state_dict()]
@@ -328,7 +338,9 @@ def test_torchrun_baseline_cli_writes_release_files_once(synthetic_root, tmp_pat
     assert ckpt["epoch"] == 0 and len(ckpt["rng_per_rank"]) == 2
     log = (logs / "log.txt").read_text()
     assert log.count("Command:") == 1 and log.count("Epoch 0: loss") == 1  # rank 0 only
-    assert "openreid" in json.loads((logs / "results.json").read_text())["results"]
+    results = json.loads((logs / "results.json").read_text())["results"]
+    assert all(math.isfinite(v) for stage in results["openreid"].values() for v in stage.values()
+               if isinstance(v, (int, float)))
 
 
 @pytest.mark.slow

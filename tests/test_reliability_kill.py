@@ -311,3 +311,60 @@ def test_stage2_killed_three_times_resumes_to_the_uninterrupted_weights(data_roo
             compared = assert_same(a[name], b[name], name)
         assert compared > 0, name
     shutil.rmtree(tmp_path)
+
+
+# --------------------------------------------------------------------------- Ctrl-C, torchrun
+def test_sigint_during_training_exits_130_with_the_resume_hint_and_no_temporary(data_root: Path,
+                                                                                tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) in Stage II epoch 2, after epoch 1 was saved: exit 130, one line that says how to
+    continue, no temporary file left; the same command plus --resume finishes the run."""
+    argv = [a for a in train_argv(data_root, tmp_path) if a != "--resume"]
+    argv[argv.index("--niter-decay") + 1] = "2"  # 3 epochs
+    folder = tmp_path / "run"
+    run = Run(argv, folder / "train_log.txt", tmp_path, "sigint")
+    deadline = time.monotonic() + TIMEOUT
+    while not has_line(run.log(), "(epoch: 2, iters: 4,"):
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.output()[-3000:]
+        time.sleep(POLL)
+    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.proc.wait(timeout=TIMEOUT) == 130
+    errors = [ln for ln in run.output().splitlines() if ln.startswith("error: ") or ln.startswith("interrupted")]
+    assert errors == ["interrupted; continue with the same command plus --resume"], run.output()[-3000:]
+    assert "Traceback" not in run.output()
+    assert temp_files(folder) == []
+    assert assert_no_corrupt_file(folder)["latest.pth"]["epoch"] == 1
+    again = Run(argv + ["--resume"], folder / "train_log.txt", tmp_path, "sigint-resume")
+    again.finish()
+    assert has_line(again.log(), "continuing at epoch 2")
+    assert load_checkpoint(folder / "latest.pth")["epoch"] == 3
+    shutil.rmtree(tmp_path)
+
+
+def test_bad_image_under_torchrun_is_one_line_per_process_and_no_hang(data_root: Path, tmp_path: Path) -> None:
+    """One truncated training image, two processes: the one that reads it prints its line, the other
+    one line saying a peer stopped; no traceback of ours, and the job ends instead of hanging."""
+    import socket
+
+    data = tmp_path / "data"
+    shutil.copytree(data_root / "synthetic", data / "synthetic")
+    meta = json.loads((data / "synthetic" / "meta.json").read_text())
+    pid = json.loads((data / "synthetic" / "splits.json").read_text())[0]["trainval"][0]
+    bad = data / "synthetic" / "images" / meta["identities"][pid][0][0]
+    bad.write_bytes(bad.read_bytes()[:300])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "baseline.py", "-d", "synthetic", "--data-dir", str(data), "--logs-dir",
+           str(tmp_path / "logs"), "-a", "resnet18", "--no-pretrained", "--height", "64", "--width", "32", "-b", "4",
+           "-j", "0", "--epochs", "1", "--rerank-topk", "5", "--augment", "none", "--no-progress", "--device", "cpu"]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, env={**os.environ, **ENV, "PYTHONPATH": REPO_ROOT},
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    ours = [ln for ln in out.splitlines() if ln.startswith("error: ")]
+    assert f"error: {bad}: unreadable image (Truncated File Read)" in ours or any(
+        ln.startswith(f"error: {bad}: unreadable image") for ln in ours), out[-3000:]
+    assert set(ours) <= {ours[0], "error: another process of this torchrun job stopped (its error is above); "
+                                   "stopping too"} and 1 <= len(ours) <= 2, ours
+    assert "[rank0]: Traceback" not in out and "[rank1]: Traceback" not in out, out[-3000:]

@@ -82,7 +82,7 @@ def _baseline(cfg: ExperimentConfig, seed: int, logs_dir: str, weights: str) -> 
         pretrained_weights=weights,
         batch_size=32, lr=cfg.stage1_lr, epochs=cfg.stage1_epochs, step_size=max(1, cfg.stage1_epochs * 5 // 6),
         eval_step=max(1, cfg.stage1_epochs // 3), augment="none", protocol="both", seed=seed, device="cpu",
-        progress=False, workers=cfg.workers, height=cfg.height, width=cfg.width))
+        progress=False, workers=cfg.workers, height=cfg.height, width=cfg.width, overwrite=True))
 
 
 def _gan(cfg: ExperimentConfig, seed: int, checkpoints: str, name: str, stage: int, **kw: Any) -> dict:
@@ -91,7 +91,7 @@ def _gan(cfg: ExperimentConfig, seed: int, checkpoints: str, name: str, stage: i
         arch=cfg.arch, batch_size=16, workers=cfg.workers, height=cfg.height, width=cfg.width, pose_aug="gauss",
         smooth_label=True, lambda_recon=cfg.lambda_recon, display_id=0, no_html=True,
         max_iters_per_epoch=cfg.gan_iters, print_freq=10 ** 6, display_freq=10 ** 6, update_html_freq=10 ** 6,
-        device="cpu", progress=False, seed=seed, protocol="both",
+        device="cpu", progress=False, seed=seed, protocol="both", overwrite=True,
     )
     base.update(kw)
     return run_training(TrainConfig(**base))

@@ -61,7 +61,19 @@ class EltwiseSubEmbed(nn.Module):
             nn.init.zeros_(self.classifier.bias)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        """Return N x num_classes logits (or N sums) for features ``x1``, ``x2`` (N x num_features)."""
+        """Return N x num_classes logits (or N sums) for features ``x1``, ``x2`` (N x num_features).
+
+        Under mixed precision (autocast) the head runs in float32 on float32 copies of the features:
+        in bf16 the difference of two close features keeps almost no significant bits, and BatchNorm
+        then divides that noise by a batch variance computed in bf16.
+        """
+        device_type = x1.device.type
+        if torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                return self._head(x1.float(), x2.float())
+        return self._head(x1, x2)
+
+    def _head(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         x = x1 - x2
         x = x.pow(2) if self.nonlinearity == "square" else x.abs()
         if self.use_batch_norm:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -14,9 +15,10 @@ from reid.evaluators import RESCORE_TOPK, TEST_RESCORE_TOPK
 from reid.models import build_siamese
 from reid.models.pretrained import recorded_origin, write_origin
 from reid.pipelines.common import (
-    chance_on_test, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset, write_results,
+    chance_on_test, check_test_images, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset,
+    write_results,
 )
-from reid.pipelines.run import RunConfig, TrainingRun
+from reid.pipelines.run import RunConfig, TrainingRun, check_run_folder
 from reid.trainers import SiameseTrainer
 from reid.utils.data.loaders import build_pair_loader
 from reid.utils.distributed import convert_sync_batchnorm
@@ -48,6 +50,17 @@ class BaselineConfig(RunConfig):
     augment: str = "release"
 
 
+#: Files whose presence means a --logs-dir holds a Stage I run.
+RUN_FILES = ("checkpoint.pth.tar", "model_best.pth.tar")
+
+
+def _continues_run_in(resume: str, folder: str) -> bool:
+    """``resume`` is a file of the run in ``folder`` (so training continues that run)."""
+    if not resume or not os.path.isdir(folder):
+        return False
+    return os.path.realpath(os.path.dirname(os.path.abspath(resume))) == os.path.realpath(folder)
+
+
 def with_module_prefix(model: nn.Module) -> dict:
     """The state dict as the release's DataParallel-wrapped model wrote it (``module.`` keys)."""
     net = model.module if hasattr(model, "module") else model
@@ -73,6 +86,20 @@ def run_baseline(cfg: BaselineConfig) -> dict:
     """
     if cfg.evaluate and not cfg.resume:
         raise ConfigError("--evaluate needs --resume PATH of the checkpoint to evaluate")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ConfigError(f"--lr {cfg.lr}: the learning rate must be a finite number > 0")
+    if cfg.amp and not cfg.evaluate and cfg.batch_size <= cfg.np_ratio + 1:
+        raise ConfigError(
+            f"--amp with -b {cfg.batch_size} and --np-ratio {cfg.np_ratio}: each batch's first images are one "
+            f"anchor image repeated (it comes with {cfg.np_ratio + 1} pairs), so BatchNorm normalises rounding "
+            f"noise, which low precision turns into exploding weights and NaN; use -b {cfg.np_ratio + 2} or more "
+            "(pairs per process)")
+    if not cfg.evaluate:
+        # A kill between the two writes of an epoch can leave model_best alone; it resumes as well.
+        resume_from = next((os.path.join(cfg.logs_dir, n) for n in RUN_FILES
+                            if os.path.isfile(os.path.join(cfg.logs_dir, n))), "")
+        check_run_folder(cfg.logs_dir, RUN_FILES, continuing=_continues_run_in(cfg.resume, cfg.logs_dir),
+                         overwrite=cfg.overwrite, resume_hint=f"--resume {resume_from}")
     protocols = expand_protocols(cfg.protocol)
     with TrainingRun(cfg) as run:
         return _run(cfg, protocols, run)
@@ -95,13 +122,14 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
         copy_state_dict(checkpoint, model, source=cfg.resume)
         topk = cfg.rerank_topk if cfg.rerank_topk is not None else TEST_RESCORE_TOPK
         results = evaluate_on_test(model, rerank_topk=topk, title="[test] ", **eval_kwargs)
-        out = os.path.join(os.path.dirname(os.path.abspath(cfg.resume)), "evaluate_results.json")
+        out = os.path.join(cfg.logs_dir, "evaluate_results.json")
         write_results(out, results, checkpoint=os.path.abspath(cfg.resume), dataset=cfg.dataset,
                       split=cfg.split, rerank_topk=topk, backbone=origin,
                       chance=chance_on_test(cfg.dataset, cfg.data_dir, cfg.split, protocols, cfg.num_val))
         logger.info("Metrics written to %s", out)
         return results
 
+    check_test_images(cfg.dataset, cfg.data_dir, cfg.split, protocols, cfg.num_val)
     train_items = dataset.trainval if cfg.combine_trainval else dataset.train
     sampler = run.pair_sampler(train_items, cfg.np_ratio, cfg.batch_size)
     train_loader = build_pair_loader(train_items, dataset.images_dir, cfg.height, cfg.width, cfg.batch_size,
@@ -127,8 +155,12 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
         write_origin(cfg.logs_dir, origin)
     ckpt_path = os.path.join(cfg.logs_dir, "checkpoint.pth.tar")
     best_path = os.path.join(cfg.logs_dir, "model_best.pth.tar")
+    # The final test uses model_best only if this run wrote it or continues the run that did,
+    # never one an older run left behind (e.g. --epochs 0 --overwrite over an old run).
+    own_best = False
     if cfg.resume:
         start_epoch, best_map = _resume(cfg.resume, model, optimizer, trainer.scaler, run)
+        own_best = start_epoch > 0 and _continues_run_in(cfg.resume, cfg.logs_dir)
         if start_epoch >= cfg.epochs:
             logger.info("%s already finished %d epochs; going straight to the final test", cfg.resume, cfg.epochs)
 
@@ -152,11 +184,15 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
         if trainer.scaler.is_enabled():
             state["scaler"] = trainer.scaler.state_dict()
         run.save_state(state, ckpt_path, is_best=is_best)
+        own_best = own_best or is_best
 
     if not ctx.is_main:
         return {}
-    if not os.path.isfile(best_path):
-        raise CheckpointError(f"{best_path}: no best model was saved (did training run any epoch?)")
+    if not own_best or not os.path.isfile(best_path):
+        why = (f"no epoch of its validations beat the best mAP of {cfg.resume}" if start_epoch < cfg.epochs
+               else f"it trained no epoch: --epochs {cfg.epochs}")
+        raise CheckpointError(f"{best_path}: this run saved no best model ({why}); to test a saved model use "
+                              "--evaluate --resume FILE")
     copy_state_dict(load_checkpoint(best_path), model, source=best_path)
     topk = cfg.rerank_topk if cfg.rerank_topk is not None else RESCORE_TOPK
     results = evaluate_on_test(model, rerank_topk=topk, title="[test] ", **eval_kwargs)

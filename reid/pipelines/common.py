@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from reid import datasets
-from reid.errors import ConfigError
+from reid.errors import ConfigError, DatasetError
 from reid.evaluation_metrics import evaluate_rank, format_results
 from reid.evaluation_metrics.chance import chance_levels
 from reid.evaluators import CascadeEvaluator, ids_and_cams, extract_features, pairwise_distance
@@ -33,6 +33,24 @@ def load_dataset(
     if num_val is not None:
         kwargs["num_val"] = int(num_val) if float(num_val).is_integer() and num_val >= 1 else float(num_val)
     return datasets.create(name, os.path.join(data_dir, name), **kwargs)
+
+
+def check_test_images(name: str, data_dir: str, split_id: int, protocols: Iterable[str],
+                      num_val: Optional[float] = None) -> None:
+    """Check that every query and gallery image of each protocol's test exists, so that a missing
+    one stops a run before training rather than at its final test.
+
+    Raises:
+        DatasetError: naming the first missing image and how many are missing.
+    """
+    for protocol in protocols:
+        dataset = load_dataset(name, data_dir, split_id, num_val, protocol=protocol)
+        files = sorted({f for f, _, _ in dataset.query + dataset.gallery})
+        missing = [f for f in files if not os.path.isfile(os.path.join(dataset.images_dir, f))]
+        if missing:
+            more = f" ({len(missing)} of the {len(files)} listed are missing)" if len(missing) > 1 else ""
+            raise DatasetError(f"{os.path.join(dataset.images_dir, missing[0])}: image file not found; it is in "
+                               f"the {protocol} query/gallery of split {split_id}{more}")
 
 
 def expand_protocols(protocol: str) -> list[str]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
+from reid.errors import ConfigError
 from reid.utils.amp import resolve_mixed_precision
 from reid.utils.data.sampler import DistributedRandomPairSampler
 from reid.utils.distributed import check_sync_bn, init_distributed
@@ -35,6 +38,7 @@ class RunConfig:
         progress: progress bars.
         sync_bn: BatchNorm statistics over all processes (CUDA only).
         amp, amp_dtype: mixed precision and its type (``fp16`` / ``bf16``; None: the device's).
+        overwrite: replace the run a folder already holds (see :func:`check_run_folder`).
     """
 
     dataset: str = "market1501"
@@ -56,6 +60,7 @@ class RunConfig:
     sync_bn: bool = False
     amp: bool = False
     amp_dtype: Optional[str] = None
+    overwrite: bool = False
 
     def backbone_init(self) -> "bool | str":
         """What ``reid.models.create(pretrained=...)`` gets for a backbone that starts from no checkpoint."""
@@ -64,6 +69,29 @@ class RunConfig:
     def plain(self) -> dict:
         """The settings whose values are plain scalars (what a checkpoint records)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if isinstance(v, (int, float, str, bool))}
+
+
+def check_run_folder(folder: str, run_files: Sequence[str], continuing: bool, overwrite: bool,
+                     resume_hint: str) -> None:
+    """Refuse to start a new run in a folder that already holds one.
+
+    Args:
+        folder: the run's output folder.
+        run_files: file-name patterns (``fnmatch``) whose presence means the folder holds a run.
+        continuing: this run continues the one in the folder (``--resume``).
+        overwrite: the user asked to replace it (``--overwrite``).
+        resume_hint: how to continue that run, for the message.
+
+    Raises:
+        ConfigError: ``folder`` holds a run, and this run neither continues nor replaces it.
+    """
+    if continuing or overwrite or not os.path.isdir(folder):
+        return
+    found = sorted(n for n in os.listdir(folder) if any(fnmatch.fnmatchcase(n, p) for p in run_files))
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise ConfigError(f"{folder}: already holds a run ({shown}); continue it with {resume_hint}, choose "
+                          "another folder, or pass --overwrite to replace it")
 
 
 class TrainingRun:

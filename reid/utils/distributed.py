@@ -211,3 +211,16 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     """
     check_sync_bn(device)
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+# Words of gloo's / nccl's errors when a peer process of the job is gone.
+_LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective operation failing because another process of the torchrun job
+    ended (its own error, already printed by that process, is the one that matters)."""
+    backend_error = getattr(dist, "DistBackendError", ())
+    if backend_error and isinstance(err, backend_error):
+        return True
+    return isinstance(err, RuntimeError) and any(w in str(err) for w in _LOST_PEER)

@@ -137,3 +137,39 @@ def read_json(path: PathLike) -> Any:
         raise DatasetError(f"{path}: not valid JSON (nested too deeply)") from None
     except OSError as e:
         raise DatasetError(f"{path}: unreadable ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def folder_lock(folder: PathLike, what: str = "run") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (created if missing) for the ``with`` block.
+
+    The lock is an advisory ``flock`` on the folder itself: no file is created, and the operating
+    system releases it when the process ends, however it ends (``kill -9`` included). Where
+    ``fcntl`` is not available the block runs without a lock.
+
+    Raises:
+        reid.errors.ConfigError: another process holds the lock (another run uses the folder).
+        reid.errors.WriteError: the folder cannot be created.
+    """
+    from reid.errors import ConfigError, WriteError
+
+    folder = os.fspath(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        raise WriteError(f"{folder}: cannot create the {what} folder ({e.strerror or e})") from None
+    try:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no locking
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"{folder}: another {what} is using this folder right now; wait for it to "
+                                  "end or choose another folder") from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -103,10 +103,12 @@ def copy_state_dict(
     model has an instance norm without running statistics, or the identity that stands in for one
     on a 1 x 1 map. Any other
     missing or unexpected key, or a shape mismatch, raises :class:`CheckpointError` naming them
-    when ``strict``; otherwise those keys are skipped.
+    when ``strict``; otherwise those keys are skipped. A value that is not a tensor, or a tensor
+    holding NaN or infinite numbers, is always a :class:`CheckpointError` (:func:`check_tensors`).
     """
     target = model.module if hasattr(model, "module") else model
     state_dict = _drop_instance_norm_statistics(extract_state_dict(state_dict, source), target)
+    check_tensors(state_dict, source)
     own = target.state_dict()
     missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in own]
@@ -133,6 +135,19 @@ def copy_state_dict(
             merged[k] = v
     target.load_state_dict(merged, strict=True)
     return model
+
+
+def check_tensors(state_dict: Mapping[str, Any], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming ``source`` and the first entry of ``state_dict`` that is
+    not a tensor or holds a NaN or infinite number (weights that would give NaN features)."""
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: '{key}' holds a {type(value).__name__}, not a tensor "
+                                  "(not a state dict of weights?)")
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{source}: tensor '{key}' holds {bad} NaN or infinite value(s) "
+                                  "(the run that wrote it diverged?)")
 
 
 def _drop_instance_norm_statistics(

@@ -21,8 +21,22 @@ IMAGE_EXTENSIONS: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
+# PIL modes of 16-bit (and 32-bit integer) grayscale pixels, e.g. a 16-bit PNG; PIL's own
+# conversion to RGB clips them at 255, which turns nearly every pixel white.
+_WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in _WIDE_GRAY_MODES:
+        gray = np.asarray(img, dtype=np.float64) / 257.0  # 0..65535 -> 0..255
+        gray = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    return img.convert("RGB")
+
+
 def read_image(path: PathLike) -> Image.Image:
-    """Read an image file as an RGB PIL image (grayscale, CMYK, palette and RGBA are converted).
+    """Read an image file as an RGB PIL image (grayscale, 16-bit grayscale, CMYK, palette and RGBA
+    are converted).
 
     Raises:
         DatasetError: the file is missing, truncated or not an image.
@@ -31,7 +45,7 @@ def read_image(path: PathLike) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return _to_rgb(img)
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
@@ -86,7 +100,7 @@ def to_pil(image: ImageInput, what: str = "image") -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return image if image.mode == "RGB" else _to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DatasetError(
