@@ -43,8 +43,8 @@ def release_state_dict(obj: Any, source: str = "checkpoint") -> "OrderedDict[str
             raise CheckpointError(f"{source}: entry {key} is a 0-dimensional tensor, which PyTorch 0.3 cannot hold")
         out[key] = value
     for name, channels in _instance_norm_positions(out).items():
-        out[f"{name}.running_mean"] = torch.zeros(channels)
-        out[f"{name}.running_var"] = torch.ones(channels)
+        out.setdefault(f"{name}.running_mean", torch.zeros(channels))
+        out.setdefault(f"{name}.running_var", torch.ones(channels))
     return OrderedDict((f"module.{k}", _release_tensor(v)) for k, v in out.items())
 
 
