@@ -68,7 +68,8 @@ def test_the_api_map_covers_the_release_names_and_says_what_exists() -> None:
     assert len(rows) >= 40
     assert {r[1] for r in rows} <= {"present", "changed", "renamed", "gone"}
     release_column = " ".join(r[0] for r in rows)
-    for name in ("save_checkpoint(state, is_best", "copy_state_dict(state_dict, model, strip", "get_scheduler(optimizer, opt)",
+    for name in ("save_checkpoint(state, is_best", "copy_state_dict(state_dict, model, strip",
+                 "get_scheduler(optimizer, opt)",
                  "Visualizer(opt)", "Preprocessor(", "fdgan.options.Options", "Logger", "evaluate_all",
                  "extract_embeddings", "remove_module_key", "cache_file", "alpha", "top1",
                  "CustomPoseGenerator", "NLayerDiscriminator", "get_norm_layer", "GANLoss", "FDGANModel(opt)",
