@@ -27,6 +27,8 @@ from reid.utils.logging import setup_logging
 from reid.utils.osutils import folder_lock
 
 _D = BaselineConfig()
+# As the release: the default folders sit beside this script, wherever it is started from.
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action="store_true", help="evaluation only (needs --resume)")
     p.add_argument("--epochs", type=non_negative_int, default=_D.epochs)
     p.add_argument("--eval-step", type=positive_int, default=_D.eval_step)
-    p.add_argument("--data-dir", type=str, metavar="PATH", default=_D.data_dir)
-    p.add_argument("--logs-dir", type=str, metavar="PATH", default=_D.logs_dir)
+    p.add_argument("--data-dir", type=str, metavar="PATH", default=os.path.join(_HERE, "datasets"),
+                   help="folder holding <dataset>/ (default: datasets/ beside baseline.py)")
+    p.add_argument("--logs-dir", type=str, metavar="PATH", default=os.path.join(_HERE, "checkpoints"),
+                   help="checkpoints and logs (default: checkpoints/ beside baseline.py)")
     # Beyond the release.
     p.add_argument("--augment", type=str, default=_D.augment, choices=["release", "flip", "none"],
                    help="training augmentation: release = crop + erasing + flip; flip; none (quick runs)")

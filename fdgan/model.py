@@ -1,4 +1,4 @@
-"""FDGANModel: the networks, losses, optimisers and update step of Stages II and III (spec section 5)."""
+"""FDGANModel: the networks, losses, optimisers and update step of Stages II and III (the paper's Sections 3.2-3.3; the release's fdgan/model.py, FDGANModel)."""
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +19,9 @@ from fdgan.networks import (
 )
 from fdgan.utils.util import posemap2im, tensor2im
 from reid.errors import ConfigError
-from reid.models.loading import build_siamese
+from reid.models import build_siamese
 from reid.utils.optim import fused_kwargs, load_optimizer_state
+from reid.utils.release_adam import ReleaseAdam
 from reid.utils.amp import MixedPrecision, resolve_mixed_precision
 from reid.utils.distributed import DistributedContext, convert_sync_batchnorm
 from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint, save_checkpoint
@@ -56,7 +57,7 @@ class FDGANModel:
         drop: dropout of G's decoder.
         connect_layers: skip connections of G (0..5).
         fuse_mode: 'cat' or 'add' fusion in G.
-        lr: base learning rate (see spec section 5 for each optimiser's share).
+        lr: base learning rate (each optimiser's share as in the release's FDGANModel.__init__).
         lambda_recon, lambda_veri, lambda_sp: loss weights.
         smooth_label: smoothed discriminator targets (and rare target swaps).
         gan_loss: the GAN losses' form (:class:`fdgan.losses.GANLoss` ``mode``): ``'release'`` or ``'logits'``.
@@ -220,7 +221,7 @@ class FDGANModel:
         betas = (0.5, 0.999)
         fused = fused_kwargs(self.device, self.fused_optimizers)
         if self.stage == 1:
-            opt_g = torch.optim.Adam(self.net_G.parameters(), lr=lr * 0.1, betas=betas, **fused)
+            opt_g = ReleaseAdam(self.net_G.parameters(), lr=lr * 0.1, betas=betas, **fused)
             opt_di = torch.optim.SGD(self.net_Di.parameters(), lr=lr * 0.01, momentum=0.9, weight_decay=1e-4,
                                      **fused)
         else:
@@ -232,7 +233,7 @@ class FDGANModel:
             if apply_lr_mult:
                 for g in groups:
                     g["lr"] = lr * g["lr_mult"]
-            opt_g = torch.optim.Adam(groups, lr=lr * 0.1, betas=betas, **fused)
+            opt_g = ReleaseAdam(groups, lr=lr * 0.1, betas=betas, **fused)
             opt_di = torch.optim.SGD(self.net_Di.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4, **fused)
         opt_dp = torch.optim.SGD(self.net_Dp.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4, **fused)
         self.optimizers = OrderedDict([("G", opt_g), ("Di", opt_di), ("Dp", opt_dp)])

@@ -57,6 +57,52 @@ def _is_instance_norm(norm_layer: Optional[NormFactory]) -> bool:
     return cls is not None and issubclass(cls, nn.InstanceNorm2d)
 
 
+class SingleValueInstanceNorm(nn.Identity):
+    """Stands in for ``InstanceNorm2d`` on a map of one value per channel (G's 1 x 1 pose feature).
+
+    Current PyTorch refuses to normalise one value; PyTorch 0.3 returned 0, so a release
+    instance-norm G's pose feature was always 0. This module passes its input through (the
+    behaviour for new training, which lets the pose feature reach the decoder) unless
+    :meth:`follow_release` was called, after which it returns zeros, as the release did. Loading a
+    file with PyTorch 0.3's ``running_mean`` / ``running_var`` at this position (every release
+    instance-norm G has them) calls it (:func:`reid.utils.serialization.copy_state_dict`), and
+    from then on the module keeps those buffers, so files written later load the same way.
+
+    Args:
+        num_features: channels of the map.
+    """
+
+    stands_in_for_instance_norm = True
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.release_zeros = False
+
+    def follow_release(self) -> None:
+        """Output zeros from now on, as PyTorch 0.3's instance norm of one value, and keep its buffers."""
+        self.release_zeros = True
+        if "running_mean" not in self._buffers:
+            self.register_buffer("running_mean", torch.zeros(self.num_features))
+            self.register_buffer("running_var", torch.ones(self.num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x) if self.release_zeros else x
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, release_zeros={self.release_zeros}"
+
+
+def _release_conv_transpose_bias(net: nn.Module) -> None:
+    """Redraw ConvTranspose2d biases from PyTorch 0.3's U(-b, b), b = 1 / sqrt(in_channels * kh * kw)
+    (current PyTorch computes b from the output channels)."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.ConvTranspose2d) and m.bias is not None:
+                fan = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+                m.bias.uniform_(-fan ** -0.5, fan ** -0.5)
+
+
 def _resolve_norm(norm_layer: Optional[NormFactory]) -> NormFactory:
     return nn.Identity if norm_layer is None else norm_layer
 
@@ -85,9 +131,11 @@ class CustomPoseGenerator(nn.Module):
 
     With instance norm, a norm whose output map holds one value per channel would make it
     zero (old PyTorch) or raise (current PyTorch): ``en_avg``'s norm (1 x 1 output) is
-    therefore ``nn.Identity``, and so is any other such norm at small sizes (``en_conv5`` /
-    ``de_avg`` when height / 32 * width / 32 == 1). InstanceNorm2d(affine=False) has no
-    parameters, so the state-dict keys do not change.
+    therefore a :class:`SingleValueInstanceNorm` (the identity, or zeros for a loaded release
+    file), and so is any other such norm at small sizes (``en_conv5`` / ``de_avg`` when
+    height / 32 * width / 32 == 1). InstanceNorm2d(affine=False) has no parameters, so the
+    state-dict keys do not change. The ConvTranspose2d biases (instance norm only) are drawn
+    with PyTorch 0.3's bound ``1 / sqrt(in_channels * kh * kw)``, as the release's were.
 
     Raises:
         ConfigError: unknown fuse mode, connect_layers outside 0..5, sizes not divisible by 32,
@@ -141,7 +189,7 @@ class CustomPoseGenerator(nn.Module):
         bottleneck_is_single = bottleneck[0] * bottleneck[1] == 1
 
         def norm_for(nc: int, single_value: bool) -> nn.Module:
-            return nn.Identity() if instance and single_value else norm(nc)
+            return SingleValueInstanceNorm(nc) if instance and single_value else norm(nc)
 
         def down(in_nc: int, out_nc: int, single_value: bool = False) -> nn.Sequential:
             return nn.Sequential(
@@ -198,6 +246,8 @@ class CustomPoseGenerator(nn.Module):
             nn.ConvTranspose2d(in_nc[4], output_nc, kernel_size=4, stride=2, padding=1, bias=use_bias),
             nn.Tanh(),
         )
+        if use_bias:
+            _release_conv_transpose_bias(self)
 
     def forward(self, posemap: torch.Tensor, reid_feature: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Generate images.

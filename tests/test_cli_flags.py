@@ -3,12 +3,14 @@ function (run_options.add_run_flags) and fill the one shared config (RunConfig);
 fill its own config; no flag string is added twice; the release's flags keep their names and
 defaults (the release's baseline.py and options.py)."""
 import argparse
+import os
 import dataclasses
 import inspect
 
 import pytest
 
 import baseline
+from helpers import REPO_ROOT
 import options
 import run_options
 from fdgan.pipeline import TrainConfig
@@ -94,8 +96,10 @@ def test_no_flag_string_is_added_twice_and_every_dest_is_a_config_field(built):
 @pytest.mark.parametrize("name,argv,expected", [
     ("baseline.py", [], dict(dataset="market1501", batch_size=256, workers=4, split=0, height=256, width=128,
                              arch="resnet50", lr=0.01, np_ratio=3, momentum=0.9, weight_decay=5e-4, step_size=40,
-                             resume="", evaluate=False, epochs=50, eval_step=20, seed=1, data_dir="./datasets",
-                             logs_dir="./checkpoints", combine_trainval=False)),
+                             resume="", evaluate=False, epochs=50, eval_step=20, seed=1,
+                             data_dir=os.path.join(REPO_ROOT, "datasets"),
+                             logs_dir=os.path.join(REPO_ROOT, "checkpoints"),
+                             combine_trainval=False)),
     ("train.py", [], dict(stage=1, dataset="market1501", dataroot="./datasets/", checkpoints="./checkpoints/",
                           name="FD-GAN", arch="resnet50", norm="batch", drop=0.2, connect_layers=0, fuse_mode="cat",
                           pose_feature_size=128, noise_feature_size=256, pose_aug="no", batch_size=16, workers=4,
@@ -104,7 +108,8 @@ def test_no_flag_string_is_added_twice_and_every_dest_is_a_config_field(built):
                           display_single_pane_ncols=0, update_html_freq=100, no_html=False, print_freq=10,
                           lambda_recon=1.0, lambda_veri=1.0, lambda_sp=1.0, smooth_label=False)),
 ])
-def test_release_defaults(name, argv, expected):
+def test_release_defaults(name, argv, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # baseline.py's default folders are beside it, not in the working directory
     if name == "baseline.py":
         cfg = baseline.config_from_args(baseline.build_parser().parse_args(argv))
     else:

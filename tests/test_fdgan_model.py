@@ -245,3 +245,164 @@ def test_missing_pretrain_files_are_reported_up_front(tmp_path):
         FDGANModel(stage=2, netE_pretrain=str(tmp_path / "x.pth"), arch="resnet18", height=H, width=W)
     with pytest.raises(ConfigError, match="file not found"):
         FDGANModel(stage=1, netE_pretrain=str(tmp_path / "missing.pth"), **TINY)
+
+
+# ---------------------------------------------------------------- the release's step, re-stated
+def _release_bce(logits, real):
+    """PyTorch 0.3's BCE of sigmoid(logits) against a hard target, mean over elements."""
+    x = torch.sigmoid(logits)
+    t = 1.0 if real else 0.0
+    return -(t * torch.log(x + 1e-12) + (1 - t) * torch.log(1 - x + 1e-12)).mean()
+
+
+class _ReleaseOptim:
+    """PyTorch 0.3's SGD (momentum, weight decay) or Adam (eps outside the bias correction), by hand."""
+
+    def __init__(self, params, lr, adam):
+        self.params, self.lr, self.adam, self.state = list(params), lr, adam, {}
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, factor):
+        lr = self.lr * factor
+        for p in self.params:
+            if p.grad is None:
+                continue
+            g, s = p.grad, self.state.setdefault(p, {})
+            if self.adam:
+                s["t"] = s.get("t", 0) + 1
+                s["m"] = 0.5 * s.get("m", torch.zeros_like(p)) + 0.5 * g
+                s["v"] = 0.999 * s.get("v", torch.zeros_like(p)) + 0.001 * g * g
+                step = lr * (1 - 0.999 ** s["t"]) ** 0.5 / (1 - 0.5 ** s["t"])
+                p.sub_(step * s["m"] / (s["v"].sqrt() + 1e-8))
+            else:
+                d = g + 1e-4 * p
+                s["buf"] = d.clone() if "buf" not in s else 0.9 * s["buf"] + d
+                p.sub_(lr * s["buf"])
+
+
+def _release_modes(nets, stage):
+    for name in ("G", "Dp", "Di", "E"):
+        nets[name].train()
+    for name in ("Di",) + (("E",) if stage == 2 else ()):
+        for m in nets[name].modules():
+            if "BatchNorm" in type(m).__name__:  # the release's set_bn_fix test
+                m.eval()
+    if stage == 1:
+        nets["E"].eval()
+
+
+def _release_iteration(nets, opts, inputs, factor):
+    """The release's FDGANModel.optimize_parameters, written from the spec (section 5)."""
+    origin, target, posemap, noise, label = inputs
+    b = label.numel()
+    f1, f2, id_score = nets["E"](origin[:b], origin[b:])
+    fake = nets["G"](posemap, torch.cat([f1, f2]).view(2 * b, -1, 1, 1), noise)
+    opts["Di"].zero_grad()
+    loss_di = 0.5 * (_release_bce(nets["Di"](origin, target)[2], True)
+                     + _release_bce(nets["Di"](origin, fake.detach())[2], False))
+    loss_di.backward()
+    opts["Di"].step(factor)
+    opts["Dp"].zero_grad()
+    loss_dp = 0.5 * (_release_bce(nets["Dp"](torch.cat([posemap, target], 1)), True)
+                     + _release_bce(nets["Dp"](torch.cat([posemap, fake.detach()], 1)), False))
+    loss_dp.backward()
+    opts["Dp"].step(factor)
+    opts["G"].zero_grad()
+    pos = label.bool()
+    loss_gan_di = _release_bce(nets["Di"](origin, fake)[2], True)
+    loss_gan_dp = _release_bce(nets["Dp"](torch.cat([posemap, fake], 1)), True)
+    loss_r = (fake - target).abs().mean()
+    loss_v = torch.nn.functional.cross_entropy(id_score, label)
+    loss_sp = (fake[:b][pos] - fake[b:][pos]).abs().mean()
+    loss = loss_gan_di + loss_gan_dp + 2.0 * loss_r + 0.5 * loss_v + 3.0 * loss_sp
+    loss.backward()
+    opts["G"].step(factor)
+    return {"G_v": loss_v.item(), "G_r": loss_r.item(), "G_sp": loss_sp.item(), "G_gan_Di": loss_gan_di.item(),
+            "G_gan_Dp": loss_gan_dp.item(), "D_i": loss_di.item(), "D_p": loss_dp.item()}
+
+
+@pytest.fixture
+def float64_default():
+    """Float64 everywhere: Adam turns float32 rounding of a tiny gradient into a full-size step of
+    noise (sign(g) * lr), which would hide the formula under test."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+STEP_BATCHES = [([1, 2], [1, 5], 20), ([4, 6], [4, 8], 21), ([9, 3], [9, 2], 22)]
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.slow
+def test_three_iterations_a_scheduler_step_and_a_resume_equal_the_release_step(stage1_file, tmp_path, stage,
+                                                                               float64_default):
+    """Iterations 1, 2, a scheduler step, iteration 3 (niter 2, niter_decay 2: the rate falls to 2/3):
+    ours, with and without a resume after iteration 2, equal the release's step with 0.3's Adam."""
+    path, _ = stage1_file
+    kw = dict(TINY, drop=0.0, lambda_recon=2.0, lambda_veri=0.5, lambda_sp=3.0, niter=2, niter_decay=2)
+    torch.manual_seed(5)
+    if stage == 1:
+        files = dict(netE_pretrain=str(path))
+    else:
+        FDGANModel(stage=1, netE_pretrain=str(path), **TINY).save(str(tmp_path), 1)
+        files = {f"net{n}_pretrain": str(tmp_path / f"1_net_{n}.pth") for n in ("E", "G", "Di", "Dp")}
+    model = FDGANModel(stage=stage, **files, **kw)
+    nets = {n: copy.deepcopy(model.net(n)).requires_grad_(True) for n in ("E", "G", "Di", "Dp")}
+    g_start = copy.deepcopy(model.net_G.state_dict())
+    lr = kw["lr"]
+    g_params = list(nets["G"].parameters()) if stage == 1 else \
+        list(nets["E"].parameters()) + list(nets["G"].parameters())
+    opts = {"G": _ReleaseOptim(g_params, lr * 0.1, adam=True),
+            "Di": _ReleaseOptim(nets["Di"].parameters(), lr * (0.01 if stage == 1 else 1.0), adam=False),
+            "Dp": _ReleaseOptim(nets["Dp"].parameters(), lr, adam=False)}
+
+    def ours(m, i):
+        m.train_mode()
+        torch.manual_seed(30 + i)
+        m.set_input(_batch(*STEP_BATCHES[i][:2], seed=STEP_BATCHES[i][2]))
+        m.optimize_parameters()
+        return m.get_current_errors(), (m.origin, m.target, m.posemap, m.noise, m.label)
+
+    errors = {}
+    for i in range(2):
+        _, inputs = ours(model, i)
+        _release_modes(nets, stage)
+        errors["release", i] = _release_iteration(nets, opts, inputs, 1.0)
+    resume = tmp_path / "resume.pth"
+    torch.save(model.state_dict(), resume)
+    resumed = FDGANModel(stage=stage, **files, **kw)
+    resumed.load_state_dict(torch.load(resume, weights_only=True))
+    model.update_learning_rate()
+    resumed.update_learning_rate()
+    assert [g["lr"] for g in model.optimizers["G"].param_groups][0] == pytest.approx(lr * 0.1 * 2 / 3)
+    errors["ours", 2], inputs = ours(model, 2)
+    errors["resumed", 2], inputs_resumed = ours(resumed, 2)
+    assert all(torch.equal(a, b) for a, b in zip(inputs, inputs_resumed))
+    _release_modes(nets, stage)
+    errors["release", 2] = _release_iteration(nets, opts, inputs, 2 / 3)
+
+    for run in ("ours", "resumed"):
+        for k, v in errors["release", 2].items():
+            assert errors[run, 2][k] == pytest.approx(v, rel=1e-7, abs=1e-10), (run, k)
+        m = model if run == "ours" else resumed
+        for n in ("E", "G", "Di", "Dp"):
+            for k, v in nets[n].state_dict().items():
+                w = m.net(n).state_dict()[k]
+                if v.is_floating_point():
+                    # Float64 rounding, amplified by Adam where a gradient is near 0: below 1e-3 of a G step.
+                    torch.testing.assert_close(w, v, rtol=1e-6, atol=1e-3 * lr * 0.1,
+                                               msg=lambda text: f"{run} {n} {k}: {text}")
+                else:
+                    assert torch.equal(w, v), (run, n, k)
+    moved = max((g_start[k] - v).abs().max().item() for k, v in nets["G"].state_dict().items()
+                if v.is_floating_point())
+    assert moved > 1e-3
+    assert errors["release", 2]["G_sp"] > 0

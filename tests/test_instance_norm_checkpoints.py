@@ -46,8 +46,11 @@ def test_release_instance_norm_generator_loads_and_keeps_its_weights() -> None:
     positions = _release_norm_positions(source)
     assert len(positions) > 5
     copy_state_dict(_as_release_file(source, positions), target, source="G.pth")
-    for (k, a), (k2, b) in zip(source.state_dict().items(), target.state_dict().items()):
-        assert k == k2 and torch.equal(a, b)
+    loaded = target.state_dict()
+    for k, a in source.state_dict().items():
+        assert torch.equal(a, loaded[k]), k
+    # The stand-in for the release's norm of one value keeps PyTorch 0.3's buffers (see below).
+    assert set(loaded) - set(source.state_dict()) == {"en_avg.2.running_mean", "en_avg.2.running_var"}
 
 
 def test_release_instance_norm_pose_discriminator_loads() -> None:
@@ -74,3 +77,57 @@ def test_only_instance_norm_statistics_are_ignored() -> None:
     state = OrderedDict((k, v) for k, v in bn.state_dict().items() if not k.endswith("running_mean"))
     with pytest.raises(CheckpointError, match="missing keys"):
         copy_state_dict(state, CustomPoseGenerator(pose_feature_nc=8, reid_feature_nc=16, noise_nc=4))
+
+
+def _posemaps(seed: int) -> torch.Tensor:
+    return torch.rand(2, 18, 256, 128, generator=torch.Generator().manual_seed(seed))
+
+
+def test_a_release_instance_norm_generator_draws_with_a_zero_pose_feature(tmp_path) -> None:
+    """PyTorch 0.3 normalised G's 1 x 1 pose feature to (x - mean) / sqrt(var + eps) = 0 / sqrt(eps) = 0."""
+    torch.manual_seed(2)
+    source = _generator().eval()
+    release_file = _as_release_file(source, _release_norm_positions(source))
+    loaded = _generator().eval()
+    copy_state_dict(release_file, loaded, source="G.pth")
+    reid, noise = torch.randn(2, 16, 1, 1), torch.randn(2, 4, 1, 1)
+    with torch.no_grad():
+        pose = loaded.en_avg(loaded.en_conv5(loaded.en_conv4(loaded.en_conv3(loaded.en_conv2(
+            loaded.en_conv1(_posemaps(0)))))))
+        assert pose.shape == (2, 8, 1, 1) and torch.equal(pose, torch.zeros(2, 8, 1, 1))
+        a, b = loaded(_posemaps(0), reid, noise), loaded(_posemaps(1), reid, noise)
+        # Without skip connections the pose reaches the decoder only through that feature: the
+        # release's G draws the same image for any pose. By hand: the decoder fed (reid, 0, noise).
+        assert torch.equal(a, b)
+        by_hand = source.de_conv1(source.de_conv2(source.de_conv3(source.de_conv4(source.de_conv5(
+            source.de_avg(torch.cat([reid, torch.zeros(2, 8, 1, 1), noise], 1)))))))
+        torch.testing.assert_close(a, by_hand, rtol=1e-6, atol=1e-6)
+        # New training (a file of this project, no 0.3 buffers): the pose feature passes through.
+        fresh = _generator().eval()
+        copy_state_dict(source.state_dict(), fresh, source="G.pth")
+        assert not torch.allclose(fresh(_posemaps(0), reid, noise), fresh(_posemaps(1), reid, noise))
+    # A file written from the loaded release G loads the release's way again.
+    again = _generator().eval()
+    copy_state_dict(loaded.state_dict(), again, source="G2.pth")
+    assert again.en_avg[2].release_zeros and not fresh.en_avg[2].release_zeros
+    with torch.no_grad():
+        assert torch.equal(again(_posemaps(0), reid, noise), a)
+
+
+def test_instance_norm_conv_transpose_biases_use_pytorch_03_bound() -> None:
+    """0.3: U(-b, b) with b = 1 / sqrt(in_channels * kh * kw); current PyTorch uses out_channels."""
+    torch.manual_seed(3)
+    g = _generator()
+    checked = 0
+    for name, m in g.named_modules():
+        if isinstance(m, nn.ConvTranspose2d):
+            bound = 1.0 / (m.in_channels * m.kernel_size[0] * m.kernel_size[1]) ** 0.5
+            top = m.bias.abs().max().item()
+            assert top <= bound, name
+            if m.out_channels >= 64:  # 64 or more draws: the largest is within 10 % of the bound
+                assert top > 0.9 * bound, name
+                checked += 1
+    assert checked == 5
+    # de_conv2 (128 -> 64, 4 x 4): 0.3's bound 1/sqrt(2048) = 0.0221, PyTorch's would be 1/sqrt(1024).
+    assert g.de_conv2[1].bias.abs().max().item() <= 2048 ** -0.5
+    assert CustomPoseGenerator(pose_feature_nc=8, reid_feature_nc=16, noise_nc=4).de_conv2[1].bias is None

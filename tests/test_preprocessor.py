@@ -378,6 +378,34 @@ def test_sampler_draws_are_uniform():
         assert abs(negatives[j] - n / 3) < 4 * np.sqrt(n * 2 / 9)
 
 
+def test_sampler_draws_each_anchors_negatives_without_replacement():
+    """As the release: an anchor's negatives are distinct, and every unordered set of them is equally likely."""
+    data = [(f"{i}.jpg", label, 0) for i, label in enumerate(["x", "x", "y", "y", "z", "w"])]
+    sampler = RandomPairSampler(data, 3, generator=torch.Generator().manual_seed(1))
+    sets = Counter()
+    epochs = 800
+    for _ in range(epochs):
+        pairs = list(sampler)
+        for b in range(0, len(pairs), 4):
+            negs = [j for _, j in pairs[b + 1:b + 4]]
+            assert len(set(negs)) == 3, negs
+            if pairs[b][0] == 0:
+                sets[frozenset(negs)] += 1
+    # Anchor 0 (label x): 3 of the 4 samples {2, 3, 4, 5}; 4 possible sets, each with probability 1/4
+    # (with replacement, a repeat would occur in 1 - 4*3*2/64 = 62.5 % of the blocks).
+    assert set(sets) == {frozenset(c) for c in ((2, 3, 4), (2, 3, 5), (2, 4, 5), (3, 4, 5))}
+    for count in sets.values():
+        assert abs(count - epochs / 4) < 4 * np.sqrt(epochs * 3 / 16)
+    # Fewer negatives than the ratio (anchor of label 0 below has 2): repeats only there.
+    few = [(f"{i}.jpg", label, 0) for i, label in enumerate([0, 0, 0, 1, 2])]
+    pairs = list(RandomPairSampler(few, 3, generator=torch.Generator().manual_seed(2)))
+    for b in range(0, len(pairs), 4):
+        negs = [j for _, j in pairs[b + 1:b + 4]]
+        assert all(few[j][1] != few[pairs[b][0]][1] for j in negs)
+        if few[pairs[b][0]][1] != 0:
+            assert len(set(negs)) == 3
+
+
 def test_sampler_rejects_bad_configurations():
     with pytest.raises(ConfigError, match="--np-ratio"):
         RandomPairSampler(LABELLED, -1)

@@ -9,11 +9,13 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
+import torch
+
 from reid.errors import ConfigError
 from reid.utils.amp import resolve_mixed_precision
 from reid.utils.data.sampler import DistributedRandomPairSampler
 from reid.utils.distributed import check_sync_bn, init_distributed
-from reid.utils.runtime import configure_backends, get_rng_state, seed_everything, set_rng_state
+from reid.utils.runtime import configure_backends, get_rng_state, seed_everything, set_rng_state, unused_gpus_note
 from reid.utils.serialization import save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -122,6 +124,9 @@ class TrainingRun:
             raise
         if cfg.sync_bn and not self.dist.enabled:
             logger.info("--sync-bn: a single process, nothing to synchronise")
+        note = unused_gpus_note(self.device, self.dist.enabled, torch.cuda.device_count())
+        if note:
+            logger.warning(note)
         seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
         configure_backends(self.device, cfg.deterministic)
         self.progress = cfg.progress and self.dist.is_main

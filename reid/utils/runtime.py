@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -21,6 +21,19 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
         return torch.device(name)
     raise ConfigError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+
+
+def unused_gpus_note(device: torch.device, distributed: bool, visible_gpus: int) -> Optional[str]:
+    """The start-up line for a plain (not torchrun) CUDA run while several GPUs are visible; None otherwise.
+
+    The release wrapped its networks in DataParallel over every visible GPU; a plain run here
+    uses the one GPU ``device``, with all of ``-b`` on it.
+    """
+    if distributed or device.type != "cuda" or visible_gpus <= 1:
+        return None
+    return (f"{visible_gpus} GPUs are visible but this run uses only {device} (the whole -b batch on it); "
+            f"to use all of them: torchrun --nproc_per_node {visible_gpus} <script> -b <batch per GPU> ... "
+            "(docs/distributed.md)")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -101,14 +101,17 @@ def copy_state_dict(
     ``running_mean`` / ``running_var`` that PyTorch 0.3's ``InstanceNorm2d`` kept (a release
     generator or pose discriminator trained with ``--norm instance``): they are dropped where this
     model has an instance norm without running statistics, or the identity that stands in for one
-    on a 1 x 1 map. Any other
+    on a 1 x 1 map; such a stand-in is then switched to the release's output for one value (zeros,
+    as PyTorch 0.3 computed it) and keeps the buffers. Any other
     missing or unexpected key, or a shape mismatch, raises :class:`CheckpointError` naming them
     when ``strict``; otherwise those keys are skipped. A value that is not a tensor, or a tensor
     holding NaN or infinite numbers, is always a :class:`CheckpointError` (:func:`check_tensors`).
     """
     target = model.module if hasattr(model, "module") else model
-    state_dict = _drop_instance_norm_statistics(extract_state_dict(state_dict, source), target)
+    state_dict = extract_state_dict(state_dict, source)
     check_tensors(state_dict, source)
+    _follow_release_single_value_norms(state_dict, target)
+    state_dict = _drop_instance_norm_statistics(state_dict, target)
     own = target.state_dict()
     missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in own]
@@ -148,6 +151,16 @@ def check_tensors(state_dict: Mapping[str, Any], source: str = "checkpoint") -> 
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(f"{source}: tensor '{key}' holds {bad} NaN or infinite value(s) "
                                   "(the run that wrote it diverged?)")
+
+
+def _follow_release_single_value_norms(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> None:
+    """Switch each stand-in for an instance norm of one value (``stands_in_for_instance_norm``, e.g.
+    :class:`fdgan.networks.SingleValueInstanceNorm`) to the release's zeros where ``state_dict``
+    holds PyTorch 0.3's instance-norm buffers for it."""
+    for name, m in model.named_modules():
+        if getattr(m, "stands_in_for_instance_norm", False) and \
+                f"{name}.running_mean" in state_dict and f"{name}.running_var" in state_dict:
+            m.follow_release()
 
 
 def _drop_instance_norm_statistics(

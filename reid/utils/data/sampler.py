@@ -17,8 +17,9 @@ class RandomPairSampler(Sampler[Tuple[int, int]]):
     Each epoch visits every sample once as the anchor, in random order. For each anchor it yields
     ``(anchor, j)`` with ``j`` drawn uniformly among the OTHER samples of the anchor's label (the
     anchor itself when its label has a single sample), then ``neg_pos_ratio`` pairs
-    ``(anchor, k)`` with each ``k`` drawn uniformly and independently among all samples of other
-    labels. The length is ``N * (1 + neg_pos_ratio)``.
+    ``(anchor, k)`` with the ``k`` drawn uniformly without replacement among all samples of other
+    labels, as the release does (with replacement only for an anchor with fewer than
+    ``neg_pos_ratio`` samples outside its label). The length is ``N * (1 + neg_pos_ratio)``.
 
     All draws of an epoch are made at once, from ``generator`` or, when it is None, from torch's
     default generator (so ``torch.manual_seed`` reproduces the epoch sequence).
@@ -81,9 +82,22 @@ class RandomPairSampler(Sampler[Tuple[int, int]]):
         k = torch.where(size == 1, rank, k)
         positives = self._order[start + k]
 
-        # Negatives: uniform over the n - size samples outside the anchor's label block.
-        k = self._uniform_below((n - size).unsqueeze(1), (n, r))
-        k = k + size.unsqueeze(1) * (k >= start.unsqueeze(1)).long()
+        # Negatives: r distinct positions among the m = n - size samples outside the anchor's label
+        # block. The j-th draw is uniform over the m - j positions not drawn yet: a number below
+        # m - j, stepped past each earlier draw in increasing order.
+        m = n - size
+        picks = torch.empty((n, r), dtype=torch.long)
+        for j in range(r):
+            left = m - j
+            k = self._uniform_below(left.clamp_min(1), (n,))
+            taken, _ = picks[:, :j].sort(dim=1)
+            for i in range(j):
+                k = k + (k >= taken[:, i]).long()
+            # Fewer than r samples outside the label: those anchors draw with replacement.
+            if bool((left <= 0).any()):
+                k = torch.where(left > 0, k, self._uniform_below(m, (n,)))
+            picks[:, j] = k
+        k = picks + size.unsqueeze(1) * (picks >= start.unsqueeze(1)).long()
         negatives = self._order[k]
 
         pairs = torch.empty((n, 1 + r, 2), dtype=torch.long)
