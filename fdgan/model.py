@@ -1,4 +1,5 @@
-"""FDGANModel: the networks, losses, optimisers and update step of Stages II and III (the paper's Sections 3.2-3.3; the release's fdgan/model.py, FDGANModel)."""
+"""FDGANModel: the networks, losses, optimisers and update step of Stages II and III (the paper's
+Section 3; the release's ``fdgan/model.py``, ``FDGANModel``)."""
 from __future__ import annotations
 
 import contextlib
