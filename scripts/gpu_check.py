@@ -15,9 +15,9 @@ GPU):
   plain run; ``torchrun_2proc``: two processes run (where two GPUs exist; always on the CPU);
 * ``throughput_stage*``: images per second of Stage I and of the Stage II and III steps
   (2 images per pair), fp32 and mixed precision;
-* ``memory_stage*``: peak memory of one step at two batch sizes; the difference over the
-  difference in pairs is the memory per pair, and the largest batch that fits 11, 24, 40 and
-  80 GiB follows (``MEMORY_USABLE`` of the card for the step, the rest kept for the CUDA context
+* ``memory_stage*``: peak memory of one step at two batch sizes (on the CPU a stand-in, see
+  :func:`peak_bytes`); the difference over the difference in pairs is the memory per pair, and
+  the largest batch that fits 11, 24, 40 and 80 GiB follows (``MEMORY_USABLE`` of the card for the step, the rest kept for the CUDA context
   and the allocator's fragmentation);
 * ``loader``: items per second of the Stage II/III pose-pair loader with ``-j`` workers against
   the items per second the fastest Stage II step consumes.
@@ -29,7 +29,6 @@ Usage: python scripts/gpu_check.py [--device cuda|cpu] [--quick] [--out DIR] [-j
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -93,7 +92,7 @@ class Sizes:
 
 
 FULL = Sizes("resnet50", 256, 128, 16, 128, 256, 3, 5, (8, 16), 10, 40)
-QUICK = Sizes("resnet18", 64, 32, 4, 8, 8, 1, 2, (4, 16), 6, 24)
+QUICK = Sizes("resnet18", 64, 32, 4, 8, 8, 1, 2, (4, 16), 6, 12)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -104,19 +103,24 @@ def max_batch(per_pair: float, fixed: float, card_gib: float) -> int:
 
 
 def peak_bytes(device: torch.device, fn: Callable[[], Any]) -> int:
-    """Peak memory while ``fn`` runs: CUDA's allocated bytes, or the process's peak resident set on the CPU."""
+    """Memory of the step ``fn`` runs: CUDA's peak allocated bytes; on the CPU, a stand-in: the
+    bytes of the tensors the forward passes keep for the backward (the CPU's resident set keeps
+    freed memory, so its peak does not follow the batch)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device))
-    with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current resident set (Linux)
-        f.write("5")
-    fn()
-    with open("/proc/self/status") as f:
-        hwm = next(line for line in f if line.startswith("VmHWM:"))
-    return int(hwm.split()[1]) * 1024
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return saved
 
 
 def synchronize(device: torch.device) -> None:
@@ -372,7 +376,8 @@ class Checker:
         big = max(s.pairs, *s.memory_pairs)
         for stage in (1, 2, 3):
             batch = self.batch_of(stage, big)
-            for dtype in [None] + self.amp_dtypes[:1]:
+            # The CPU rehearsal times fp32 only: the mixed-precision step is the same code (amp_step_*).
+            for dtype in [None] + (self.amp_dtypes[:1] if self.device.type == "cuda" else []):
                 tag = dtype or "fp32"
 
                 def measure(stage: int = stage, dtype: Optional[str] = dtype, tag: str = tag) -> None:
@@ -398,7 +403,7 @@ class Checker:
                                 bytes_per_pair=per_pair, fixed_bytes=fixed, usable_share=MEMORY_USABLE,
                                 max_pairs_by_gib=table,
                                 measure="cuda max_memory_allocated" if self.device.type == "cuda"
-                                else "process peak resident set (VmHWM)")
+                                else "bytes saved for backward (CPU stand-in)")
                 self.guarded(f"throughput_stage{stage}_{tag}", measure)
 
     def loader(self) -> None:
