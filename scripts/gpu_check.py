@@ -11,10 +11,11 @@ GPU):
 * ``amp_step_*``: one step of each stage in mixed precision from the same state and batch as an
   fp32 step; every loss within ``AMP_RTOL`` relative (or ``AMP_ATOL`` absolute) of fp32's;
 * ``torchrun_backend``: a process group of the device's backend (nccl on CUDA, gloo on the CPU)
-  all-reduces; ``torchrun_1proc``: train.py under torchrun with one process logs the losses of the
-  plain run; ``torchrun_2proc``: two processes run (where two GPUs exist; always on the CPU);
+  all-reduces; ``torchrun_1proc``: train.py under torchrun with one process logs the losses and
+  saves the weights of the plain run; ``torchrun_2proc``: two processes run (where two GPUs exist;
+  always on the CPU);
 * ``throughput_stage*``: images per second of Stage I and of the Stage II and III steps
-  (2 images per pair), fp32 and mixed precision;
+  (2 images per pair), fp32 and fp16 (fp32 only on the CPU);
 * ``memory_stage*``: peak memory of one step at two batch sizes (on the CPU a stand-in, see
   :func:`peak_bytes`); the difference over the difference in pairs is the memory per pair, and
   the largest batch that fits 11, 24, 40 and 80 GiB follows (``MEMORY_USABLE`` of the card for the step, the rest kept for the CUDA context
@@ -66,7 +67,8 @@ logger = logging.getLogger("gpu_check")
 
 # A mixed-precision step's losses against fp32's from the same state and batch (as tests/test_amp.py).
 AMP_RTOL, AMP_ATOL = 5e-2, 5e-3
-# torchrun with one process against the plain run (both --deterministic): the logged losses.
+# torchrun with one process against the plain run (both --deterministic): the logged losses, and the
+# saved weights relative to each tensor's largest value.
 TORCHRUN_RTOL = 1e-5
 # Card sizes of the batch table, in GiB, and the share of a card a step may take.
 CARD_GIB = (11, 24, 40, 80)
@@ -292,7 +294,18 @@ class Checker:
                 if k != "time"]
         ok = res.returncode == 0 and len(got) == len(want) > 0 and all(
             close(a, b, TORCHRUN_RTOL, 1e-6) for a, b in zip(got, want))
+        worst = float("nan")
+        if ok:  # the logged losses have 3 decimals; the saved weights must agree too
+            worst = 0.0
+            for n in self.stage2_nets():
+                one = torch.load(os.path.join(self.runs, "torchrun_1proc", f"1_net_{n}.pth"), weights_only=True)
+                plain = torch.load(os.path.join(self.runs, "stage2_fp32", f"1_net_{n}.pth"), weights_only=True)
+                for k, v in plain.items():
+                    if v.is_floating_point():
+                        worst = max(worst, float((one[k] - v).abs().max()) / max(float(v.abs().max()), 1e-12))
+            ok = worst <= TORCHRUN_RTOL
         self.record("torchrun_1proc", ok, losses=got, plain_losses=want, rtol=TORCHRUN_RTOL,
+                    weights_max_relative_difference=worst,
                     **({} if res.returncode == 0 else {"output": (res.stdout + res.stderr)[-3000:]}))
 
         gpus = torch.cuda.device_count() if self.device.type == "cuda" else 0
