@@ -447,7 +447,8 @@ def markdown(results: Dict[str, Any]) -> str:
     for c in results["checks"]:
         keep = {k: v for k, v in c.items() if k in ("images_per_s", "items_per_s", "step_items_per_s",
                                                     "bytes_per_pair", "max_relative_difference", "passed",
-                                                    "skipped", "error", "backend", "returncode")}
+                                                    "skipped", "error", "backend", "returncode",
+                                                    "weights_max_relative_difference")}
         text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in keep.items())
         lines.append(f"| {c['name']} | {dict([(True, 'yes'), (False, '**no**'), (None, 'skipped')])[c['ok']]} "
                      f"| {text} |")
