@@ -101,6 +101,7 @@ def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
         dataset.trainval, dataset.trainval_pid2files, dataset.images_dir, dataset.poses_dir, cfg.height, cfg.width,
         cfg.batch_size, cfg.workers, pose_aug=cfg.pose_aug, pin_memory=device.type == "cuda",
         sampler=sampler, drop_last=False if sampler is not None else None,
+        draw_maps=device.type != "cuda",  # on a GPU, items carry keypoints and set_input draws the maps there
     )
     model = FDGANModel.from_options(cfg, device=device, mixed_precision=run.mixed_precision)
     model.distribute(ctx, sync_bn=cfg.sync_bn)

@@ -326,7 +326,7 @@ class Checker:
         torch.manual_seed(0)
         loader = build_pose_pair_loader(self.dataset.trainval, self.dataset.trainval_pid2files,
                                         self.dataset.images_dir, self.dataset.poses_dir, self.sizes.height,
-                                        self.sizes.width, pairs, 0)
+                                        self.sizes.width, pairs, 0, draw_maps=self.device.type != "cuda")
         return next(iter(loader))
 
     def stepper(self, stage: int, dtype: Optional[str]) -> Callable[[list], Dict[str, float]]:
@@ -424,7 +424,8 @@ class Checker:
         torch.manual_seed(0)
         loader = build_pose_pair_loader(self.dataset.trainval, self.dataset.trainval_pid2files,
                                         self.dataset.images_dir, self.dataset.poses_dir, s.height, s.width,
-                                        s.pairs, self.workers, pin_memory=self.device.type == "cuda")
+                                        s.pairs, self.workers, pin_memory=self.device.type == "cuda",
+                                        draw_maps=self.device.type != "cuda")  # as train.py loads
         available = len(loader) - 1 - 2 * self.workers
         batches = min(s.loader_batches, available)
         if batches < 1:

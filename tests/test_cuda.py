@@ -3,7 +3,8 @@
 scripts/gpu_check.py runs these on the user's GPU. A Stage I and a Stage II step on the GPU give
 the CPU's losses (fp32; TF32 off, so within float32 rounding of a different kernel order); fp16
 with its GradScaler and bf16 give fp32's within the tolerance of tests/test_amp.py; cuDNN
-autotuning is on for a CUDA run; an NCCL process group all-reduces.
+autotuning is on for a CUDA run; an NCCL process group all-reduces; pose maps drawn on the GPU
+are bit-equal to the CPU's (per item sigma, flips, borders).
 """
 import socket
 
@@ -16,6 +17,7 @@ from fdgan.model import FDGANModel
 from reid.pipelines.common import build_siamese
 from reid.trainers import SiameseTrainer
 from reid.utils.amp import resolve_mixed_precision
+from reid.utils.data.preprocessor import draw_pose_maps
 from reid.utils.runtime import configure_backends
 
 pytestmark = pytest.mark.cuda
@@ -114,3 +116,15 @@ def test_nccl_group_all_reduces():
         assert t.tolist() == [0.0, 1.0, 2.0, 3.0]
     finally:
         dist.destroy_process_group()
+
+
+def test_pose_maps_drawn_on_cuda_equal_the_cpu():
+    g = torch.Generator().manual_seed(0)
+    points = torch.stack([torch.randint(-2, 258, (8, 18), generator=g),
+                          torch.randint(-2, 130, (8, 18), generator=g)], -1)
+    points[0, :4] = torch.tensor([[0, 0], [255, 127], [0, 127], [255, 0]])
+    sigmas = torch.tensor([4.0, 5.0, 6.0, 5.0, 4.0, 6.0, 5.0, 5.0], dtype=torch.float64)
+    flips = torch.arange(8) % 2 == 1
+    cpu = draw_pose_maps(points, 256, 128, sigmas, flip=flips)
+    gpu = draw_pose_maps(points.cuda(), 256, 128, sigmas, flip=flips.cuda())
+    assert gpu.is_cuda and torch.equal(gpu.cpu(), cpu)

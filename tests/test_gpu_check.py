@@ -50,7 +50,7 @@ def test_every_check_passes_and_the_names_cover_the_issue(results):
     assert set(checks) == expected
     # No CUDA here: every CUDA test skipped, none ran or failed.
     assert checks["cuda_tests"]["passed"] == 0 and checks["cuda_tests"]["failed"] == 0
-    assert checks["cuda_tests"]["skipped"] == 6
+    assert checks["cuda_tests"]["skipped"] == 7
     assert checks["torchrun_backend"]["backend"] == "gloo" and checks["torchrun_2proc"]["processes"] == 2
     for name in checks:
         assert f"| {name} | yes |" in results["markdown"]
