@@ -6,7 +6,7 @@ STAMP := $(VENV)/.requirements-installed
 DATA ?= datasets
 DEMO_DIR ?= demo_output
 
-.PHONY: setup test demo experiment bench synthetic clean setup-pose setup-browser poses
+.PHONY: setup test demo experiment bench synthetic clean setup-pose setup-browser poses gpu-check
 
 setup: $(STAMP)
 
@@ -51,8 +51,15 @@ synthetic: setup
 bench: setup
 	for b in scripts/bench/bench_*.py; do $(PY) $$b || exit 1; done
 
+# On a CUDA machine: does the project work on this GPU, how fast, which batch fits (docs/gpu.md).
+# GPU_CHECK_FLAGS="--device cpu --quick" rehearses it without a GPU.
+GPU_CHECK_DIR ?= gpu_check_output
+GPU_CHECK_FLAGS ?=
+gpu-check: setup
+	$(PY) scripts/gpu_check.py --out $(GPU_CHECK_DIR) $(GPU_CHECK_FLAGS)
+
 clean:
-	rm -rf $(DEMO_DIR) $(EXP_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) $(EXP_DIR) $(GPU_CHECK_DIR) .pytest_cache
 
 # Pose estimator (scripts/generate_poses.py) in its own venv: mediapipe pins numpy<2 and
 # protobuf<5, which the torch venv must not inherit. requirements-pose.txt is a complete pinned

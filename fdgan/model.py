@@ -24,6 +24,7 @@ from reid.models import build_siamese
 from reid.utils.optim import fused_kwargs, load_optimizer_state
 from reid.utils.release_adam import ReleaseAdam
 from reid.utils.amp import MixedPrecision, resolve_mixed_precision
+from reid.utils.data.preprocessor import batch_pose_maps
 from reid.utils.distributed import DistributedContext, convert_sync_batchnorm
 from reid.utils.serialization import copy_state_dict, extract_state_dict, load_checkpoint, save_checkpoint
 
@@ -253,7 +254,8 @@ class FDGANModel:
 
     # ------------------------------------------------------------------ one step
     def set_input(self, inputs) -> None:
-        """Take a pose-pair batch ``[first members, second members]`` (dicts of the pose loader)."""
+        """Take a pose-pair batch ``[first members, second members]`` (dicts of the pose loader, with
+        pose maps or with the keypoints to draw them from)."""
         first, second = inputs
         dev = self.device
         pid1, pid2 = torch.as_tensor(first["pid"]).view(-1), torch.as_tensor(second["pid"]).view(-1)
@@ -261,11 +263,13 @@ class FDGANModel:
         pos = self.label.bool().view(-1, 1, 1, 1)
         b = pid1.numel()
         noise = torch.randn(b, self.noise_feature_size)
-        posemap2 = torch.where(pos.cpu(), first["posemap"], second["posemap"])
+        # Items with keypoints instead of maps get their maps drawn here, on the device.
+        height, width = first["target"].shape[-2:]
+        posemap1, posemap2 = (batch_pose_maps(half, height, width, dev) for half in (first, second))
         target2 = torch.where(pos.cpu(), first["target"], second["target"])
         self.origin = torch.cat([first["origin"], second["origin"]]).to(dev)
         self.target = torch.cat([first["target"], target2]).to(dev)
-        self.posemap = torch.cat([first["posemap"], posemap2]).to(dev)
+        self.posemap = torch.cat([posemap1, torch.where(pos, posemap1, posemap2)])
         self.noise = torch.cat([noise, noise]).view(2 * b, -1, 1, 1).to(dev)
         self.batch_pairs = b
 

@@ -119,6 +119,7 @@ def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
         dataset.trainval, dataset.trainval_pid2files, dataset.images_dir, dataset.poses_dir, cfg.height, cfg.width,
         cfg.batch_size, cfg.workers, pose_aug=cfg.pose_aug, pin_memory=device.type == "cuda",
         sampler=sampler, drop_last=False if sampler is not None else None,
+        draw_maps=device.type != "cuda",  # on a GPU, items carry keypoints and set_input draws the maps there
     )
     if cfg.stage == 2:
         check_test_images(cfg.dataset, cfg.dataroot, cfg.split, protocols, cfg.num_val)

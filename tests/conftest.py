@@ -38,6 +38,16 @@ SYNTHETIC_WIDTH = 32
 SYNTHETIC_SEED = 0
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """Skip the tests marked ``cuda`` where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False here")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _detach_cli_logging():
     """A CLI run in-process installs a console handler on pytest's captured stderr and sets the

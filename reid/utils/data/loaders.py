@@ -89,12 +89,14 @@ def build_pose_pair_loader(
     sampler: Optional[Sampler] = None,
     pin_memory: bool = False,
     drop_last: Optional[bool] = None,
+    draw_maps: bool = True,
 ) -> DataLoader:
     """Pose-guided training pairs for Stages II and III (the release's ``train.py`` loader); ``drop_last`` as in
-    :func:`build_pair_loader`."""
+    :func:`build_pair_loader`; ``draw_maps`` False: items carry keypoints, not maps
+    (:func:`reid.utils.data.preprocessor.batch_pose_maps` draws them)."""
     dataset = Preprocessor(
         list(items), root=images_dir, with_pose=True, pose_root=poses_dir, pid_imgs=pid_imgs,
-        height=height, width=width, pose_aug=pose_aug,
+        height=height, width=width, pose_aug=pose_aug, draw_maps=draw_maps,
     )
     return _pair_loader(dataset, items, batch_size, workers, np_ratio, sampler, pin_memory, drop_last)
 

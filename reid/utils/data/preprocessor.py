@@ -58,15 +58,56 @@ def _peak_normalised_profiles(length: int, sigma: float) -> np.ndarray:
     return profiles
 
 
+def draw_pose_maps(keypoints: torch.Tensor, height: int, width: int, sigma: Union[float, torch.Tensor],
+                   flip: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Gaussian heat maps of a batch of integer keypoints, on the keypoints' device (CPU or GPU).
+
+    Each map equals the release's (up to float32 rounding): a zero array with a single 1 at
+    (row, col) through ``scipy.ndimage.gaussian_filter(sigma)`` (mode 'reflect', truncate 4.0),
+    divided by its maximum. That filter is separable, so a map is the outer product of two 1-D
+    filtered impulses, each divided by its own peak; the 1-D profiles are cached per
+    (length, sigma), and every map of the batch is one broadcast multiply.
+
+    Args:
+        keypoints: int64 ``(B, K, 2)`` (row, col) pixels; a keypoint with a negative coordinate or
+            outside ``[0, height) x [0, width)`` gives an all-zero map.
+        height: map height in pixels.
+        width: map width in pixels.
+        sigma: Gaussian standard deviation in pixels: one for the batch, or a ``(B,)`` tensor.
+        flip: optional bool ``(B,)``: mirror those items' maps left-right (channels not swapped).
+
+    Returns:
+        float32 ``(B, K, height, width)`` on ``keypoints.device``.
+    """
+    if keypoints.dim() != 3 or keypoints.shape[-1] != 2:
+        raise ValueError(f"keypoints must have shape (B, K, 2), got {tuple(keypoints.shape)}")
+    dev = keypoints.device
+    batch = keypoints.shape[0]
+    sigmas = sigma.reshape(-1).tolist() if isinstance(sigma, torch.Tensor) else [float(sigma)] * batch
+    if len(sigmas) != batch:
+        raise ValueError(f"got {len(sigmas)} sigmas for {batch} items")
+    if height <= 0 or width <= 0 or not all(s > 0 for s in sigmas):
+        raise ValueError(f"need positive height, width and sigma, got {height}, {width}, {sorted(set(sigmas))}")
+    rows, cols = keypoints[..., 0], keypoints[..., 1]
+    present = (rows >= 0) & (cols >= 0) & (rows < height) & (cols < width)
+    row_idx, col_idx = torch.where(present, rows, 0), torch.where(present, cols, 0)
+    if flip is not None:
+        col_idx = torch.where(flip.to(dev).view(-1, 1), width - 1 - col_idx, col_idx)
+    row_profiles = torch.empty(*rows.shape, height, dtype=torch.float32, device=dev)
+    col_profiles = torch.empty(*cols.shape, width, dtype=torch.float32, device=dev)
+    for s in sorted(set(sigmas)):  # at most three with --pose-aug gauss
+        items = torch.tensor([v == s for v in sigmas], device=dev)
+        row_table = torch.from_numpy(_peak_normalised_profiles(height, s).copy()).to(dev)
+        col_table = torch.from_numpy(_peak_normalised_profiles(width, s).copy()).to(dev)
+        row_profiles[items] = row_table[row_idx[items]]
+        col_profiles[items] = col_table[col_idx[items]]
+    row_profiles = torch.where(present[..., None], row_profiles, 0.0)
+    return row_profiles[..., :, None] * col_profiles[..., None, :]
+
+
 def generate_pose_map(landmarks: Union[np.ndarray, Sequence[Sequence[float]]], height: int, width: int,
                       sigma: float = 5) -> np.ndarray:
-    """Gaussian heat maps of keypoints, equal to the release's maps (up to float32 rounding).
-
-    The release built each map as a zero array with a single 1 at (row, col), filtered it with
-    ``scipy.ndimage.gaussian_filter(sigma)`` (mode 'reflect', truncate 4.0) and divided it by its
-    maximum. That filter is separable, so the map is the outer product of two 1-D filtered
-    impulses, each divided by its own peak; those 1-D profiles are cached per (length, sigma) and
-    all maps are built with one broadcast multiply.
+    """Gaussian heat maps of one image's keypoints, equal to the release's (:func:`draw_pose_maps`).
 
     Args:
         landmarks: ``(K, 2)`` (row, col) pixel coordinates (K = 18 for COCO-18); non-integer values
@@ -87,14 +128,8 @@ def generate_pose_map(landmarks: Union[np.ndarray, Sequence[Sequence[float]]], h
     rows, cols = points[:, 0], points[:, 1]
     # NaN fails every comparison, so it counts as missing too.
     present = (rows >= 0) & (cols >= 0) & (rows < height) & (cols < width)
-    row_idx = np.where(present, rows, 0).astype(np.int64)
-    col_idx = np.where(present, cols, 0).astype(np.int64)
-    row_profiles = _peak_normalised_profiles(height, float(sigma))[row_idx]
-    row_profiles *= present[:, None]
-    col_profiles = _peak_normalised_profiles(width, float(sigma))[col_idx]
-    maps = np.empty((len(points), height, width), dtype=np.float32)
-    np.multiply(row_profiles[:, :, None], col_profiles[:, None, :], out=maps)
-    return maps
+    keypoints = np.where(present[:, None], np.where(present[:, None], points, 0).astype(np.int64), -1)
+    return draw_pose_maps(torch.from_numpy(keypoints)[None], height, width, float(sigma))[0].numpy()
 
 
 def pose_sigma(height: int, sigma_at_256: float = RELEASE_SIGMA) -> float:
@@ -123,6 +158,11 @@ class Preprocessor(TorchDataset):
       and truncated to int;
     - ``'pid'``: the label (int).
 
+    With ``draw_maps=False`` the item carries what the maps are drawn from instead of
+    ``'posemap'`` (a few hundred bytes instead of 2.4 MB at 256 x 128): ``'keypoints'`` (int64
+    ``(18, 2)``, after ``--pose-aug erase``), ``'sigma'`` (after ``--pose-aug gauss``) and
+    ``'flip'``; :func:`batch_pose_maps` draws the maps of a batch on the training device.
+
     With probability 0.5 the target and the pose maps are mirrored left-right together (keypoint
     channels are not swapped, as in the release). Indexing with a tuple or list of indices gives
     the list of their items, so the pairs of :class:`RandomPairSampler` collate to
@@ -142,6 +182,7 @@ class Preprocessor(TorchDataset):
             the map of one keypoint index drawn uniformly from 0..17.
         sigma: Gaussian standard deviation of the pose maps in pixels; None: :func:`pose_sigma`
             of ``height`` (5 at 256 rows, 1.25 at 64).
+        draw_maps: pose-guided items carry their maps (True) or the keypoints to draw them from.
 
     Raises:
         ConfigError: ``pose_aug`` is not one of no, gauss, erase.
@@ -151,7 +192,8 @@ class Preprocessor(TorchDataset):
                  transform: Optional[Any] = None, with_pose: bool = False,
                  pose_root: Optional[PathLike] = None,
                  pid_imgs: Optional[Mapping[int, Sequence[str]]] = None, height: int = 256,
-                 width: int = 128, pose_aug: str = "no", sigma: Optional[float] = None) -> None:
+                 width: int = 128, pose_aug: str = "no", sigma: Optional[float] = None,
+                 draw_maps: bool = True) -> None:
         if pose_aug not in POSE_AUG_CHOICES:
             raise ConfigError(f"--pose-aug: invalid choice {pose_aug!r} (choose from {', '.join(POSE_AUG_CHOICES)})")
         if with_pose and pose_root is None:
@@ -164,6 +206,7 @@ class Preprocessor(TorchDataset):
         self.height = height
         self.width = width
         self.pose_aug = pose_aug
+        self.draw_maps = draw_maps
         self.sigma = pose_sigma(height) if sigma is None else float(sigma)
         if with_pose and pid_imgs is None:
             built: Dict[int, List[str]] = {}
@@ -226,9 +269,26 @@ class Preprocessor(TorchDataset):
             sigma = random.choice(tuple(sigma * f for f in _GAUSS_FACTORS))
         elif self.pose_aug == "erase":
             landmarks[random.randrange(len(landmarks))] = -1
-        posemap = torch.from_numpy(generate_pose_map(landmarks, self.height, self.width, sigma))
-
-        if random.random() < 0.5:
+        flip = random.random() < 0.5
+        if flip:
             target = torch.flip(target, dims=[-1])
-            posemap = torch.flip(posemap, dims=[-1])
-        return {"origin": origin, "target": target, "posemap": posemap, "pid": int(pid)}
+        item = {"origin": origin, "target": target, "pid": int(pid)}
+        if not self.draw_maps:
+            item.update(keypoints=torch.from_numpy(landmarks), sigma=torch.tensor(sigma, dtype=torch.float64),
+                        flip=torch.tensor(flip))
+            return item
+        posemap = draw_pose_maps(torch.from_numpy(landmarks)[None], self.height, self.width, sigma)[0]
+        item["posemap"] = torch.flip(posemap, dims=[-1]) if flip else posemap
+        return item
+
+
+def batch_pose_maps(half: Mapping[str, torch.Tensor], height: int, width: int,
+                    device: Union[torch.device, str] = "cpu") -> torch.Tensor:
+    """The ``(B, 18, height, width)`` pose maps of a collated batch of pose-guided items, on ``device``.
+
+    Items of ``Preprocessor(draw_maps=False)`` carry their keypoints; their maps are drawn here in
+    one call (:func:`draw_pose_maps`), equal to the maps the items would otherwise carry.
+    """
+    if "posemap" in half:
+        return half["posemap"].to(device)
+    return draw_pose_maps(half["keypoints"].to(device), height, width, half["sigma"], flip=half["flip"])
