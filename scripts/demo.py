@@ -35,8 +35,6 @@ from reid.utils.logging import setup_logging  # noqa: E402
 
 log = logging.getLogger("demo")
 
-PRETRAIN_ITERS = 1000
-
 
 def run(cmd: list[str]) -> None:
     """Run one command of the demo, echoing it; stop the demo if it fails."""
@@ -77,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=64, help="image height for all stages (multiple of 32)")
     p.add_argument("--width", type=int, default=32, help="image width (multiple of 32)")
     # Sized for the 15-minute budget on 2-core machines (docs/demo.md).
-    p.add_argument("--pretrain-iters", type=int, default=PRETRAIN_ITERS,
+    p.add_argument("--pretrain-iters", type=int, default=PretrainConfig.iterations,
                    help="iterations of the ImageNet substitute (0: E starts from random weights)")
     p.add_argument("--pretrain-ids", type=int, default=PretrainConfig.num_ids,
                    help="rendered identities of the ImageNet substitute")

@@ -47,10 +47,10 @@ class ExperimentConfig:
     width: int = 32
     arch: str = "resnet18"
     # E's backbone starts from the rendered-identity substitute (0 iterations: random weights).
-    pretrain_iters: int = 1000
-    pretrain_ids: int = 2000
+    pretrain_iters: int = PretrainConfig.iterations
+    pretrain_ids: int = PretrainConfig.num_ids
     pretrained_cache: str = os.path.join("datasets", "pretrained")
-    stage1_epochs: int = 12
+    stage1_epochs: int = 6
     stage1_lr: float = 0.01
     gan_iters: int = 40
     stage2_epochs: int = 5

@@ -54,7 +54,7 @@ class PretrainConfig:
     num_ids: int = 2000  # rendered identities to classify
     num_cams: int = 32  # camera pool the samples draw from
     seed: int = 1000
-    iterations: int = 1000
+    iterations: int = 400
     ids_per_batch: int = 16  # P
     images_per_id: int = 4  # K
     lr: float = 1e-3  # Adam, linear warm-up over the first 10 % then cosine decay
