@@ -245,6 +245,9 @@ def test_tiny_experiment_writes_consistent_page_and_json(tmp_path):
         assert r["stage3"] == [key(stage3[r["protocol"]][r["stage"]])]
         assert r["diff"] == pytest.approx([r["stage3"][0] - r["stage1"][0]])
     assert set(res["q3_reid"]["ablation"]) == {"Stage III, lambda_sp 0", "Stage III, lambda_veri 0"}
+    chance = json.loads((out / "seed1" / "stage1" / "results.json").read_text())["chance"]
+    for r in rows:
+        assert r["chance"] == chance[r["protocol"]]["mAP" if r["metric"] == "mAP" else "top1"]
     main = next(r for r in rows if r["protocol"] == "openreid" and r["stage"] == "first_stage" and r["metric"] == "mAP")
     assert res["q3_reid"]["goal_reached"] is False and math.isnan(main["ci95"][0])  # one seed: no interval
     # E's backbone started from the substitute built into the cache, recorded by every stage.

@@ -37,7 +37,7 @@ def tables(results: Dict[str, Any]) -> Dict[str, Table]:
                           _pct(parts["different"]["top1"]), _signed(parts["gap"]["top1"])])
     reid_rows = []
     for r in q3["rows"]:
-        reid_rows.append([r["protocol"], r["stage"].replace("_", " "), r["metric"],
+        reid_rows.append([r["protocol"], r["stage"].replace("_", " "), r["metric"], _pct(r["chance"]),
                           f"{_pct(r['first_mean'])} ± {_pct(r['first_std'])}",
                           f"{_pct(r['second_mean'])} ± {_pct(r['second_std'])}",
                           " ".join(_signed(d) for d in r["diff"]),
@@ -59,7 +59,7 @@ def tables(results: Dict[str, Any]) -> Dict[str, Table]:
             (["encoder", "mAP similar", "mAP different", "mAP gap", "top-1 similar", "top-1 different",
               "top-1 gap"], pose_rows),
         f"3. Re-ID, Stage I vs Stage III over seeds {', '.join(map(str, q3['seeds']))} (%, mean ± std)":
-            (["protocol", "cascade stage", "metric", "Stage I", "Stage III", "paired difference per seed",
+            (["protocol", "cascade stage", "metric", "chance", "Stage I", "Stage III", "paired difference per seed",
               "mean difference [95 % CI]", "smallest detectable gain"], reid_rows),
         "3b. Ablation (mAP %, one seed)": (["run", "seed", "protocol, stage", "mAP", "full Stage III mAP"], abl_rows),
     }

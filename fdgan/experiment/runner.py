@@ -25,6 +25,7 @@ from reid.pipelines.baseline import BaselineConfig, run_baseline
 from reid.pipelines.pretrain import PretrainConfig, substitute_backbone
 from reid.utils.data.images import save_image
 from reid.utils.data.pose import read_pose_file
+from reid.utils.osutils import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,15 @@ def run_experiment(cfg: ExperimentConfig) -> Dict[str, Any]:
     save_image(grid, os.path.join(cfg.out, "transfer_grid.png"))
     results = summarise(cfg, q1, reid, ablations, q2, timings, time.time() - start)
     results["backbone"] = backbone
+    first = os.path.join(cfg.out, f"seed{cfg.seeds[0]}", "stage1", "results.json")
+    add_chance(results, read_json(first)["chance"])
     return results
+
+
+def add_chance(results: Dict[str, Any], chance: Dict[str, Dict[str, float]]) -> None:
+    """Put each re-ID row's chance level (a random ranking on the same test gallery) beside it."""
+    for row in results["q3_reid"]["rows"]:
+        row["chance"] = chance[row["protocol"]]["mAP" if row["metric"] == "mAP" else "top1"]
 
 
 def summarise(cfg: ExperimentConfig, q1: _Q1, reid: Dict[str, Dict[int, dict]], ablations: Dict[str, dict],
