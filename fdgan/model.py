@@ -51,7 +51,7 @@ def frozen_parameters(*nets: nn.Module) -> Iterator[None]:
 class GANConfig:
     """The networks, losses and optimisers of Stages II and III, with the release's defaults.
 
-    Args:
+    Attributes:
         stage: 1 = paper Stage II (E frozen, G/Dp initialised, Di from E); 2 = Stage III (all trained).
         arch: ResNet depth of E and Di.
         height, width: image size (divisible by 32).
