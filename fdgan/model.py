@@ -7,7 +7,8 @@ import logging
 import os
 import random
 from collections import OrderedDict
-from typing import Callable, Iterable, Iterator, Optional
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -47,10 +48,11 @@ def frozen_parameters(*nets: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-class FDGANModel:
-    """Pose-guided feature distilling GAN: encoder E, generator G, identity and pose discriminators.
+@dataclass(frozen=True)
+class GANConfig:
+    """The networks, losses and optimisers of Stages II and III, with the release's defaults.
 
-    Args:
+    Attributes:
         stage: 1 = paper Stage II (E frozen, G/Dp initialised, Di from E); 2 = Stage III (all trained).
         arch: ResNet depth of E and Di.
         height, width: image size (divisible by 32).
@@ -67,83 +69,92 @@ class FDGANModel:
         netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain: checkpoint files to start from.
         pretrained: ImageNet weights for E/Di backbones when no E file is given (stage 1 only).
         apply_lr_mult: apply the per-group lr multipliers of stage 2 (the release ignores them).
-        share_di_features: compute Di's backbone pass over the origin images once per update (Di's
-            BatchNorm is frozen, so the numbers are those of separate passes).
-        skip_unused_grads: compute no weight gradients that no optimiser uses: Di's and Dp's in
-            G's step (only G, and E in stage 2, is updated there), and in stage 1 the frozen E's
-            (the release back-propagates G's loss through E and never uses the result).
-        fused_optimizers: update with PyTorch's fused SGD/Adam kernels on CPU and CUDA (the release
-            loops over the parameters; the updates differ by rounding).
+    """
+
+    stage: int = 1
+    arch: str = "resnet50"
+    height: int = 256
+    width: int = 128
+    pose_feature_size: int = 128
+    noise_feature_size: int = 256
+    norm: str = "batch"
+    drop: float = 0.2
+    connect_layers: int = 0
+    fuse_mode: str = "cat"
+    lr: float = 0.001
+    lambda_recon: float = 1.0
+    lambda_veri: float = 1.0
+    lambda_sp: float = 1.0
+    smooth_label: bool = False
+    gan_loss: str = "release"
+    niter: int = 50
+    niter_decay: int = 50
+    netE_pretrain: str = ""
+    netG_pretrain: str = ""
+    netDi_pretrain: str = ""
+    netDp_pretrain: str = ""
+    pretrained: bool = True
+    apply_lr_mult: bool = False
+
+    @classmethod
+    def from_options(cls, opt: Any) -> "GANConfig":
+        """The settings of this class that ``opt`` (any object with them as attributes, such as
+        :class:`fdgan.pipeline.TrainConfig`) holds."""
+        return cls(**{f.name: getattr(opt, f.name) for f in fields(cls)})
+
+    @property
+    def pretrain_files(self) -> dict[str, str]:
+        """{network name: its checkpoint file, or ''} in :data:`NET_NAMES` order."""
+        return dict(zip(NET_NAMES, (self.netE_pretrain, self.netG_pretrain, self.netDi_pretrain,
+                                    self.netDp_pretrain)))
+
+
+class FDGANModel:
+    """Pose-guided feature distilling GAN: encoder E, generator G, identity and pose discriminators.
+
+    One iteration updates Di, Dp and G in the release's order with the release's losses, and
+    computes less than the release (the numbers are the same up to float rounding; see
+    ``docs/differences.md``): Di's backbone runs once over the origin images per update (its
+    BatchNorm is frozen), G's step computes no weight gradients that no optimiser uses (Di's and
+    Dp's, and in Stage II the frozen E's), and the optimisers use PyTorch's fused SGD/Adam kernels
+    on CPU and CUDA.
+
+    Args:
+        config: the networks, losses and optimisers.
         device: where the networks live.
         mixed_precision: autocast settings of the step (``--amp``); fp16 uses ``self.scaler``.
     """
 
-    def __init__(
-        self,
-        stage: int = 1,
-        arch: str = "resnet50",
-        height: int = 256,
-        width: int = 128,
-        pose_feature_size: int = 128,
-        noise_feature_size: int = 256,
-        norm: str = "batch",
-        drop: float = 0.2,
-        connect_layers: int = 0,
-        fuse_mode: str = "cat",
-        lr: float = 0.001,
-        lambda_recon: float = 1.0,
-        lambda_veri: float = 1.0,
-        lambda_sp: float = 1.0,
-        smooth_label: bool = False,
-        gan_loss: str = "release",
-        niter: int = 50,
-        niter_decay: int = 50,
-        netE_pretrain: str = "",
-        netG_pretrain: str = "",
-        netDi_pretrain: str = "",
-        netDp_pretrain: str = "",
-        pretrained: bool = True,
-        apply_lr_mult: bool = False,
-        share_di_features: bool = True,
-        skip_unused_grads: bool = True,
-        fused_optimizers: bool = True,
-        device: torch.device | str = "cpu",
-        mixed_precision: Optional[MixedPrecision] = None,
-    ) -> None:
-        if stage not in (1, 2):
-            raise ConfigError(f"--stage {stage}: expected 1 (GAN pre-training) or 2 (global fine-tuning)")
-        self.stage = stage
+    def __init__(self, config: GANConfig, device: torch.device | str = "cpu",
+                 mixed_precision: Optional[MixedPrecision] = None) -> None:
+        c = self.config = config
+        if c.stage not in (1, 2):
+            raise ConfigError(f"--stage {c.stage}: expected 1 (GAN pre-training) or 2 (global fine-tuning)")
+        self.stage = c.stage
         self.device = torch.device(device)
-        self.lambda_recon, self.lambda_veri, self.lambda_sp = lambda_recon, lambda_veri, lambda_sp
-        self.smooth_label = smooth_label
-        self.noise_feature_size = noise_feature_size
-        self.share_di_features = share_di_features
-        self.skip_unused_grads = skip_unused_grads
-        self.fused_optimizers = fused_optimizers
-        check_pretrain_files(stage, netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain, pretrained)
+        check_pretrain_files(c)
 
-        use_imagenet = pretrained and stage == 1 and not netE_pretrain
-        self.net_E = build_siamese(arch, pretrained=use_imagenet, num_classes=2)
-        self.net_Di = build_siamese(arch, pretrained=False, num_classes=1)
+        use_imagenet = c.pretrained and c.stage == 1 and not c.netE_pretrain
+        self.net_E = build_siamese(c.arch, pretrained=use_imagenet, num_classes=2)
+        self.net_Di = build_siamese(c.arch, pretrained=False, num_classes=1)
         reid_size = self.net_E.embed_model.classifier.in_features
-        norm_layer = get_norm_layer(norm)
+        norm_layer = get_norm_layer(c.norm)
         self.net_G = CustomPoseGenerator(
-            pose_feature_nc=pose_feature_size, reid_feature_nc=reid_size, noise_nc=noise_feature_size,
-            pose_nc=18, output_nc=3, dropout=drop, norm_layer=norm_layer, fuse_mode=fuse_mode,
-            connect_layers=connect_layers, height=height, width=width,
+            pose_feature_nc=c.pose_feature_size, reid_feature_nc=reid_size, noise_nc=c.noise_feature_size,
+            pose_nc=18, output_nc=3, dropout=c.drop, norm_layer=norm_layer, fuse_mode=c.fuse_mode,
+            connect_layers=c.connect_layers, height=c.height, width=c.width,
         )
         self.net_Dp = NLayerDiscriminator(3 + 18, norm_layer=norm_layer)
 
-        if stage == 1:
+        if c.stage == 1:
             init_weights(self.net_G)
             init_weights(self.net_Dp)
-            if netE_pretrain:
-                self.load_network("E", netE_pretrain)
+            if c.netE_pretrain:
+                self.load_network("E", c.netE_pretrain)
             self.init_di_from_e()
-            if skip_unused_grads:
-                self.net_E.requires_grad_(False)
+            self.net_E.requires_grad_(False)
         else:
-            for name, path in zip(NET_NAMES, (netE_pretrain, netG_pretrain, netDi_pretrain, netDp_pretrain)):
+            for name, path in c.pretrain_files.items():
                 self.load_network(name, path)
         for name in NET_NAMES:
             self.net(name).to(self.device)
@@ -152,31 +163,22 @@ class FDGANModel:
         # Set by distribute(): averages the gradients of one optimiser over the processes.
         self._grad_sync: Optional[Callable[[Iterable[torch.Tensor]], None]] = None
 
-        self.criterion_gan_d = GANLoss(smooth=smooth_label, mode=gan_loss).to(self.device)
-        self.criterion_gan_g = GANLoss(smooth=False, mode=gan_loss).to(self.device)
-        self._build_optimizers(lr, apply_lr_mult)
-        self.schedulers = [get_scheduler(o, niter, niter_decay) for o in self.optimizers.values()]
+        self.criterion_gan_d = GANLoss(smooth=c.smooth_label, mode=c.gan_loss).to(self.device)
+        self.criterion_gan_g = GANLoss(smooth=False, mode=c.gan_loss).to(self.device)
+        self._build_optimizers(c.lr, c.apply_lr_mult)
+        self.schedulers = [get_scheduler(o, c.niter, c.niter_decay) for o in self.optimizers.values()]
         self.losses: "OrderedDict[str, float]" = OrderedDict((k, 0.0) for k in LOSS_NAMES)
 
     @classmethod
-    def from_options(cls, opt, device: torch.device | str = "cpu",
+    def from_options(cls, opt: Any, device: torch.device | str = "cpu",
                      mixed_precision: Optional[MixedPrecision] = None) -> "FDGANModel":
-        """Build from train.py's settings (a :class:`fdgan.pipeline.TrainConfig`); ``mixed_precision``
-        defaults to what its ``amp`` / ``amp_dtype`` give on ``device``."""
+        """Build from train.py's settings (a :class:`fdgan.pipeline.TrainConfig`, or any object with
+        the :class:`GANConfig` settings as attributes); ``mixed_precision`` defaults to what its
+        ``amp`` / ``amp_dtype`` give on ``device``."""
         device = torch.device(device)
         if mixed_precision is None:
             mixed_precision = resolve_mixed_precision(opt.amp, opt.amp_dtype, device)
-        return cls(
-            stage=opt.stage, arch=opt.arch, height=opt.height, width=opt.width,
-            pose_feature_size=opt.pose_feature_size, noise_feature_size=opt.noise_feature_size,
-            norm=opt.norm, drop=opt.drop, connect_layers=opt.connect_layers, fuse_mode=opt.fuse_mode,
-            lr=opt.lr, lambda_recon=opt.lambda_recon, lambda_veri=opt.lambda_veri, lambda_sp=opt.lambda_sp,
-            smooth_label=opt.smooth_label, gan_loss=opt.gan_loss, niter=opt.niter, niter_decay=opt.niter_decay,
-            netE_pretrain=opt.netE_pretrain, netG_pretrain=opt.netG_pretrain,
-            netDi_pretrain=opt.netDi_pretrain, netDp_pretrain=opt.netDp_pretrain,
-            pretrained=opt.pretrained, apply_lr_mult=opt.apply_lr_mult, device=device,
-            mixed_precision=mixed_precision,
-        )
+        return cls(GANConfig.from_options(opt), device=device, mixed_precision=mixed_precision)
 
     # ------------------------------------------------------------------ set-up
     def net(self, name: str) -> nn.Module:
@@ -221,7 +223,7 @@ class FDGANModel:
 
     def _build_optimizers(self, lr: float, apply_lr_mult: bool) -> None:
         betas = (0.5, 0.999)
-        fused = fused_kwargs(self.device, self.fused_optimizers)
+        fused = fused_kwargs(self.device)
         if self.stage == 1:
             opt_g = ReleaseAdam(self.net_G.parameters(), lr=lr * 0.1, betas=betas, **fused)
             opt_di = torch.optim.SGD(self.net_Di.parameters(), lr=lr * 0.01, momentum=0.9, weight_decay=1e-4,
@@ -262,7 +264,7 @@ class FDGANModel:
         self.label = (pid1 == pid2).long().to(dev)
         pos = self.label.bool().view(-1, 1, 1, 1)
         b = pid1.numel()
-        noise = torch.randn(b, self.noise_feature_size)
+        noise = torch.randn(b, self.config.noise_feature_size)
         # Items with keypoints instead of maps get their maps drawn here, on the device.
         height, width = first["target"].shape[-2:]
         posemap1, posemap2 = (batch_pose_maps(half, height, width, dev) for half in (first, second))
@@ -282,19 +284,16 @@ class FDGANModel:
 
     def _di_logits(self, images: list[torch.Tensor], grad: bool) -> list[torch.Tensor]:
         """Di's logits for (origin, x) for each x in ``images``."""
-        if self.share_di_features:
-            # Di's BN is frozen, so one backbone pass over the origin images serves every pair; in
-            # G's step it needs no gradient (only Di's parameters, which G's step does not update).
-            with torch.set_grad_enabled(grad):
-                f_origin = self.net_Di.base_model(self.origin)
-            f_others = self.net_Di.base_model(torch.cat(images)) if len(images) > 1 else \
-                self.net_Di.base_model(images[0])
-            n = self.origin.shape[0]
-            return [self.net_Di.embed_model(f_origin, f_others[i * n:(i + 1) * n]) for i in range(len(images))]
-        return [self.net_Di(self.origin, x)[2] for x in images]
+        # Di's BN is frozen, so one backbone pass over the origin images serves every pair; in G's
+        # step it needs no gradient (only Di's parameters, which G's step does not update).
+        with torch.set_grad_enabled(grad):
+            f_origin = self.net_Di.base_model(self.origin)
+        f_others = self.net_Di.base_model(torch.cat(images)) if len(images) > 1 else self.net_Di.base_model(images[0])
+        n = self.origin.shape[0]
+        return [self.net_Di.embed_model(f_origin, f_others[i * n:(i + 1) * n]) for i in range(len(images))]
 
     def _d_targets(self) -> tuple[bool, bool]:
-        if self.smooth_label and random.random() < FLIP_PROBABILITY:
+        if self.config.smooth_label and random.random() < FLIP_PROBABILITY:
             return False, True
         return True, False
 
@@ -317,8 +316,8 @@ class FDGANModel:
 
     def backward_G(self) -> None:
         b = self.batch_pairs
-        frozen = (self.net_Di, self.net_Dp) if self.skip_unused_grads else ()
-        with frozen_parameters(*frozen), self.mixed_precision.autocast():
+        # Only G (and E in Stage III) is updated here: no weight gradients for the discriminators.
+        with frozen_parameters(self.net_Di, self.net_Dp), self.mixed_precision.autocast():
             (pred_di,) = self._di_logits([self.fake], grad=False)
             pred_dp = self.net_Dp(torch.cat([self.posemap, self.fake], 1))
             loss_gan_di = self.criterion_gan_g(pred_di, True)
@@ -330,8 +329,8 @@ class FDGANModel:
                 loss_sp = F.l1_loss(self.fake[:b][pos], self.fake[b:][pos])
             else:
                 loss_sp = torch.zeros((), device=self.device)
-            loss = (loss_gan_di + loss_gan_dp + self.lambda_recon * loss_r + self.lambda_veri * loss_v
-                    + self.lambda_sp * loss_sp)
+            c = self.config
+            loss = loss_gan_di + loss_gan_dp + c.lambda_recon * loss_r + c.lambda_veri * loss_v + c.lambda_sp * loss_sp
         self.scaler.scale(loss).backward()
         self.losses.update(G_v=loss_v.item(), G_r=loss_r.item(), G_sp=loss_sp.item(),
                            G_gan_Di=loss_gan_di.item(), G_gan_Dp=loss_gan_dp.item())
@@ -347,8 +346,6 @@ class FDGANModel:
                 self._grad_sync(p for group in opt.param_groups for p in group["params"])
             self.scaler.step(opt)
         self.scaler.update()
-        if self.stage == 1 and not self.skip_unused_grads:  # the release's passes fill the frozen E's
-            self.net_E.zero_grad(set_to_none=True)  # gradients, which nothing uses
 
     # ------------------------------------------------------------------ reporting
     def get_current_errors(self) -> "OrderedDict[str, float]":
@@ -397,16 +394,17 @@ class FDGANModel:
             self.scaler.load_state_dict(state["scaler"])
 
 
-def check_pretrain_files(stage: int, netE: str, netG: str, netDi: str, netDp: str, pretrained: bool = True) -> None:
+def check_pretrain_files(config: GANConfig) -> None:
     """Fail early when a stage lacks the checkpoint files it starts from."""
-    if stage == 1 and not netE and pretrained:
+    files = config.pretrain_files
+    if config.stage == 1 and not config.netE_pretrain and config.pretrained:
         raise ConfigError("--stage 1 needs --netE-pretrain (the Stage I model_best.pth.tar from baseline.py); "
                           "--no-pretrained starts from a random encoder instead (tests only)")
-    if stage == 2:
-        missing = [f"--net{n}-pretrain" for n, p in zip(NET_NAMES, (netE, netG, netDi, netDp)) if not p]
+    if config.stage == 2:
+        missing = [f"--net{n}-pretrain" for n, p in files.items() if not p]
         if missing:
             raise ConfigError(f"--stage 2 needs {', '.join(missing)} (the <epoch>_net_*.pth files of a "
                               "--stage 1 run)")
-    for flag, path in zip(NET_NAMES, (netE, netG, netDi, netDp)):
+    for flag, path in files.items():
         if path and not os.path.isfile(path):
             raise ConfigError(f"--net{flag}-pretrain {path}: file not found")

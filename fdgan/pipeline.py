@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from fdgan.model import FDGANModel, check_pretrain_files
+from fdgan.model import FDGANModel, GANConfig, check_pretrain_files
 from fdgan.utils.visualizer import Visualizer
 from reid.errors import CheckpointError, ConfigError, NonFiniteLossError
 from reid.evaluation_metrics import format_results
@@ -26,6 +26,8 @@ from reid.utils.serialization import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
+_GAN = GANConfig()
+
 RESUME_FILE = "latest.pth"
 #: Files whose presence means a run folder holds a Stage II/III run.
 RUN_FILES = (RESUME_FILE, "*_net_*.pth")
@@ -33,28 +35,30 @@ RUN_FILES = (RESUME_FILE, "*_net_*.pth")
 
 @dataclass
 class TrainConfig(RunConfig):
-    """Settings of a Stage II/III run: the shared ones plus train.py's own flags (the release's ``options.py``)."""
+    """Settings of a Stage II/III run: the shared ones plus train.py's own flags (the release's
+    ``options.py``); those of the networks, losses and optimisers default to :class:`GANConfig`'s and
+    are gathered by :attr:`gan`."""
 
-    stage: int = 1
+    stage: int = _GAN.stage
     dataroot: str = "./datasets/"
     checkpoints: str = "./checkpoints/"
     name: str = "FD-GAN"
-    netE_pretrain: str = ""
-    netG_pretrain: str = ""
-    netDp_pretrain: str = ""
-    netDi_pretrain: str = ""
-    arch: str = "resnet50"
-    norm: str = "batch"
-    drop: float = 0.2
-    connect_layers: int = 0
-    fuse_mode: str = "cat"
-    pose_feature_size: int = 128
-    noise_feature_size: int = 256
+    netE_pretrain: str = _GAN.netE_pretrain
+    netG_pretrain: str = _GAN.netG_pretrain
+    netDp_pretrain: str = _GAN.netDp_pretrain
+    netDi_pretrain: str = _GAN.netDi_pretrain
+    arch: str = _GAN.arch
+    norm: str = _GAN.norm
+    drop: float = _GAN.drop
+    connect_layers: int = _GAN.connect_layers
+    fuse_mode: str = _GAN.fuse_mode
+    pose_feature_size: int = _GAN.pose_feature_size
+    noise_feature_size: int = _GAN.noise_feature_size
     pose_aug: str = "no"
     batch_size: int = 16
-    niter: int = 50
-    niter_decay: int = 50
-    lr: float = 0.001
+    niter: int = _GAN.niter
+    niter_decay: int = _GAN.niter_decay
+    lr: float = _GAN.lr
     save_step: int = 5
     eval_step: int = 10
     display_port: int = 6006
@@ -65,15 +69,20 @@ class TrainConfig(RunConfig):
     update_html_freq: int = 100
     no_html: bool = False
     print_freq: int = 10
-    lambda_recon: float = 1.0
-    lambda_veri: float = 1.0
-    lambda_sp: float = 1.0
-    smooth_label: bool = False
+    lambda_recon: float = _GAN.lambda_recon
+    lambda_veri: float = _GAN.lambda_veri
+    lambda_sp: float = _GAN.lambda_sp
+    smooth_label: bool = _GAN.smooth_label
     # Beyond the release.
-    gan_loss: str = "release"
-    apply_lr_mult: bool = False
+    gan_loss: str = _GAN.gan_loss
+    apply_lr_mult: bool = _GAN.apply_lr_mult
     resume: bool = False
     dry_run: bool = False
+
+    @property
+    def gan(self) -> GANConfig:
+        """The model's settings (see :meth:`GANConfig.from_options`)."""
+        return GANConfig.from_options(self)
 
     @property
     def save_dir(self) -> str:
@@ -104,8 +113,7 @@ def run_training(cfg: TrainConfig) -> dict:
         raise ConfigError(f"--niter {cfg.niter} --niter-decay {cfg.niter_decay}: no epoch to train "
                           "(their sum must be at least 1)")
     check_train_folder(cfg)
-    check_pretrain_files(cfg.stage, cfg.netE_pretrain, cfg.netG_pretrain, cfg.netDi_pretrain, cfg.netDp_pretrain,
-                         pretrained=cfg.pretrained)
+    check_pretrain_files(cfg.gan)
     protocols = expand_protocols(cfg.protocol)
     with TrainingRun(cfg) as run:
         return _train(cfg, protocols, run)
@@ -123,7 +131,7 @@ def _train(cfg: TrainConfig, protocols: list[str], run: TrainingRun) -> dict:
     )
     if cfg.stage == 2:
         check_test_images(cfg.dataset, cfg.dataroot, cfg.split, protocols, cfg.num_val)
-    model = FDGANModel.from_options(cfg, device=device, mixed_precision=run.mixed_precision)
+    model = FDGANModel(cfg.gan, device=device, mixed_precision=run.mixed_precision)
     model.distribute(ctx, sync_bn=cfg.sync_bn)
     if cfg.dry_run:
         logger.info("Dry run: data and networks built; stopping before training")

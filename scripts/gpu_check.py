@@ -51,7 +51,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts", "bench"))
 
 from bench_loader import images_per_second  # noqa: E402
-from fdgan.model import FDGANModel  # noqa: E402
+from fdgan.model import FDGANModel, GANConfig  # noqa: E402
 from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset  # noqa: E402
 from reid.errors import ConfigError  # noqa: E402
 from reid.pipelines.common import build_siamese, load_dataset  # noqa: E402
@@ -346,14 +346,14 @@ class Checker:
             def step(batch: list) -> Dict[str, float]:
                 return {"loss": trainer.train(0, [batch], optimizer, progress=False)["loss"]}
             return step
-        kwargs = dict(arch=s.arch, height=s.height, width=s.width, pose_feature_size=s.pose_feature_size,
-                      noise_feature_size=s.noise_feature_size, pretrained=False, device=self.device,
-                      mixed_precision=mp, niter=1, niter_decay=0)
+        settings = dict(arch=s.arch, height=s.height, width=s.width, pose_feature_size=s.pose_feature_size,
+                        noise_feature_size=s.noise_feature_size, pretrained=False, niter=1, niter_decay=0)
         if stage == 2:
-            model = FDGANModel(stage=1, netE_pretrain=os.path.join(self.runs, "stage1_fp32", "model_best.pth.tar"),
-                               **kwargs)
+            config = GANConfig(stage=1, netE_pretrain=os.path.join(self.runs, "stage1_fp32", "model_best.pth.tar"),
+                               **settings)
         else:
-            model = FDGANModel(stage=2, **{f"net{n}_pretrain": p for n, p in self.stage2_nets().items()}, **kwargs)
+            config = GANConfig(stage=2, **{f"net{n}_pretrain": p for n, p in self.stage2_nets().items()}, **settings)
+        model = FDGANModel(config, device=self.device, mixed_precision=mp)
         model.train_mode()
 
         def fdgan_step(batch: list) -> Dict[str, float]:

@@ -17,7 +17,7 @@ from torch import nn
 
 import baseline
 import train
-from fdgan.model import FDGANModel
+from fdgan.model import FDGANModel, GANConfig
 from reid.errors import ConfigError
 from reid.errors import NonFiniteLossError
 from reid.models import build_siamese
@@ -72,8 +72,8 @@ def _stage1_losses(amp: bool, steps: int = 2) -> list[float]:
 def _stage2_losses(amp: bool) -> dict:
     """The seven reported losses of one Stage II iteration (Di, Dp, then G updated)."""
     torch.manual_seed(0)
-    model = FDGANModel(stage=1, mixed_precision=resolve_mixed_precision(amp, None, CPU),
-                       **{**FDGAN, "height": GH, "width": GW})
+    model = FDGANModel(GANConfig(stage=1, **{**FDGAN, "height": GH, "width": GW}),
+                       mixed_precision=resolve_mixed_precision(amp, None, CPU))
     model.train_mode()
     g = torch.Generator().manual_seed(2)
 

@@ -132,6 +132,29 @@ def test_shared_flags_reach_both_configs():
         baseline.build_parser().parse_args(["--channels-last"])
 
 
+def test_the_model_settings_are_one_config_gathered_from_the_flags():
+    """train.py's GAN flags reach the model only through TrainConfig.gan (a GANConfig): no flag, the
+    release's defaults; each flag moves its own field and no other."""
+    from fdgan.model import FDGANModel, GANConfig
+    assert options.Options().parse([]).gan == GANConfig()
+    gan_fields = {f.name for f in dataclasses.fields(GANConfig)}
+    assert gan_fields <= {f.name for f in dataclasses.fields(TrainConfig)}
+    assert "batch_size" not in gan_fields and "display_id" not in gan_fields  # run settings stay out
+    cfg = options.Options().parse(["--stage", "2", "--arch", "resnet18", "--height", "64", "--width", "32",
+                                   "--lambda-sp", "10", "--lambda-veri", "0", "--norm", "instance", "--drop", "0.5",
+                                   "--smooth-label", "--netG-pretrain", "g.pth", "--niter-decay", "3", "--lr", "0.02",
+                                   "--apply-lr-mult", "--no-pretrained", "-b", "4"])
+    assert cfg.gan == GANConfig(stage=2, arch="resnet18", height=64, width=32, lambda_sp=10.0, lambda_veri=0.0,
+                                norm="instance", drop=0.5, smooth_label=True, netG_pretrain="g.pth", niter_decay=3,
+                                lr=0.02, apply_lr_mult=True, pretrained=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.gan.lr = 1.0  # type: ignore[misc]
+    small = options.Options().parse(["--no-pretrained", "--arch", "resnet18", "--height", "32", "--width", "32",
+                                     "--pose-feature-size", "8", "--noise-feature-size", "8", "--lambda-sp", "4"])
+    assert FDGANModel.from_options(small).config == small.gan == GANConfig.from_options(small)
+    assert FDGANModel.from_options(small).config.lambda_sp == 4.0
+
+
 def test_gan_loss_flag_reaches_both_gan_losses():
     from fdgan.model import FDGANModel
     assert options.Options().parse([]).gan_loss == "release"

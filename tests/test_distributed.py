@@ -27,7 +27,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fdgan.model import NET_NAMES, FDGANModel
+from fdgan.model import NET_NAMES, FDGANModel, GANConfig
 from helpers import timeout as scaled_timeout
 from reid.errors import ConfigError
 from reid.feature_extraction import FeatureExtractor
@@ -186,7 +186,7 @@ def _fdgan_step(ctx: DistributedContext, inputs: dict) -> dict:
     E's included); it is left out to keep the test fast.
     """
     torch.manual_seed(1)
-    model = FDGANModel(stage=1, **FDGAN_STEP)
+    model = FDGANModel(GANConfig(stage=1, **FDGAN_STEP))
     model.distribute(ctx)
     model.train_mode()
     first, second = inputs["fdgan"]
@@ -353,7 +353,7 @@ def test_torchrun_train_cli_saves_release_files_once(synthetic_root, tmp_path):
                "--display-freq", "4", "--update-html-freq", "4", "--no-progress", "--device", "cpu",
                "--amp", "--amp-dtype", "bf16"])
     run = tmp_path / "ddp"
-    plain = FDGANModel(stage=1, **FDGAN)
+    plain = FDGANModel(GANConfig(stage=1, **FDGAN))
     for name in NET_NAMES:
         saved = torch.load(run / f"1_net_{name}.pth", weights_only=True)
         assert list(saved) == ["module." + k for k in plain.net(name).state_dict()], name

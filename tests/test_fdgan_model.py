@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from fdgan.model import FDGANModel
+from fdgan.model import LOSS_NAMES, FDGANModel, GANConfig
 from reid.errors import ConfigError
 from reid.models import build_siamese
 from reid.utils.serialization import save_checkpoint
@@ -40,14 +40,16 @@ def _bn_stats(net):
     return {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
 
 
-def _iteration_by_updates(model, pids1, pids2):
-    """One iteration, update by update: {optimiser name: the gradients it stepped with, flattened}."""
+def _iteration_by_updates(model, pids1, pids2, step=None):
+    """One iteration of ``step`` (``model``'s own, or a :class:`_ReleasePasses` on it), update by
+    update: {optimiser name: the gradients it stepped with, flattened}."""
+    step = model if step is None else step
     model.train_mode()
     torch.manual_seed(10)
     model.set_input(_batch(pids1, pids2))
-    model.forward()
+    step.forward()
     grads = {}
-    for name, backward in (("Di", model.backward_Di), ("Dp", model.backward_Dp), ("G", model.backward_G)):
+    for name, backward in (("Di", step.backward_Di), ("Dp", step.backward_Dp), ("G", step.backward_G)):
         opt = model.optimizers[name]
         opt.zero_grad(set_to_none=True)
         backward()
@@ -57,11 +59,66 @@ def _iteration_by_updates(model, pids1, pids2):
     return grads
 
 
+class _ReleasePasses:
+    """The release's passes (its fdgan/model.py, ``FDGANModel.forward`` and ``backward_*``) on
+    ``model``'s networks, inputs, losses and optimisers: Di's whole Siamese network runs on
+    (origin, target), (origin, fake) and again on (origin, fake) in G's step, whose loss is
+    back-propagated through Di, Dp and E (frozen in Stage II: the release computes its gradients and
+    never uses them). Hard discriminator targets (no ``smooth_label``), no autocast."""
+
+    def __init__(self, model):
+        self.model = model
+        self.losses = {}
+        model.net_E.requires_grad_(True)
+
+    def forward(self):
+        m, b = self.model, self.model.batch_pairs
+        f1, f2, self.id_score = m.net_E(m.origin[:b], m.origin[b:])
+        self.fake = m.net_G(m.posemap, torch.cat([f1, f2]).view(2 * b, -1, 1, 1), m.noise)
+
+    def backward_Di(self):
+        m = self.model
+        loss = 0.5 * (m.criterion_gan_d(m.net_Di(m.origin, m.target)[2], True)
+                      + m.criterion_gan_d(m.net_Di(m.origin, self.fake.detach())[2], False))
+        loss.backward()
+        self.losses["D_i"] = loss.item()
+
+    def backward_Dp(self):
+        m = self.model
+        loss = 0.5 * (m.criterion_gan_d(m.net_Dp(torch.cat([m.posemap, m.target], 1)), True)
+                      + m.criterion_gan_d(m.net_Dp(torch.cat([m.posemap, self.fake.detach()], 1)), False))
+        loss.backward()
+        self.losses["D_p"] = loss.item()
+
+    def backward_G(self):
+        m, b, c = self.model, self.model.batch_pairs, self.model.config
+        loss_gan_di = m.criterion_gan_g(m.net_Di(m.origin, self.fake)[2], True)
+        loss_gan_dp = m.criterion_gan_g(m.net_Dp(torch.cat([m.posemap, self.fake], 1)), True)
+        loss_r = torch.nn.functional.l1_loss(self.fake, m.target)
+        loss_v = torch.nn.functional.cross_entropy(self.id_score, m.label)
+        pos = m.label.bool()
+        loss_sp = torch.nn.functional.l1_loss(self.fake[:b][pos], self.fake[b:][pos])
+        loss = loss_gan_di + loss_gan_dp + c.lambda_recon * loss_r + c.lambda_veri * loss_v + c.lambda_sp * loss_sp
+        loss.backward()
+        self.losses.update(G_v=loss_v.item(), G_r=loss_r.item(), G_sp=loss_sp.item(),
+                           G_gan_Di=loss_gan_di.item(), G_gan_Dp=loss_gan_dp.item())
+
+    def get_current_errors(self):
+        return {k: self.losses[k] for k in LOSS_NAMES}
+
+
+def _without_fused_kernels(model):
+    """Replace ``model``'s optimisers by the same ones looping over the parameters, as the release's."""
+    for name, opt in model.optimizers.items():
+        groups = [{k: v for k, v in g.items() if k != "fused"} for g in opt.param_groups]
+        model.optimizers[name] = type(opt)(groups, **{k: v for k, v in opt.defaults.items() if k != "fused"})
+
+
 @pytest.mark.slow
 def test_stage1_initialisation_and_frozen_parts(stage1_file):
     path, e_ref = stage1_file
     torch.manual_seed(1)
-    model = FDGANModel(stage=1, netE_pretrain=str(path), **TINY)
+    model = FDGANModel(GANConfig(stage=1, netE_pretrain=str(path), **TINY))
     w = e_ref.embed_model.classifier.weight
     assert torch.equal(model.net_Di.embed_model.classifier.weight, w[1:2])
     assert torch.equal(model.net_Di.embed_model.classifier.bias, torch.tensor([-0.7]))
@@ -93,7 +150,7 @@ def test_stage1_initialisation_and_frozen_parts(stage1_file):
 @pytest.mark.slow
 def test_same_pose_loss_is_zero_without_positive_pairs(stage1_file):
     path, _ = stage1_file
-    model = FDGANModel(stage=1, netE_pretrain=str(path), **TINY)
+    model = FDGANModel(GANConfig(stage=1, netE_pretrain=str(path), **TINY))
     model.train_mode()
     model.set_input(_batch([1, 2], [3, 4]))
     model.optimize_parameters()
@@ -103,19 +160,19 @@ def test_same_pose_loss_is_zero_without_positive_pairs(stage1_file):
 @pytest.mark.slow
 def test_learning_rates_of_each_stage(stage1_file, tmp_path):
     path, _ = stage1_file
-    m1 = FDGANModel(stage=1, netE_pretrain=str(path), **TINY)
+    m1 = FDGANModel(GANConfig(stage=1, netE_pretrain=str(path), **TINY))
     lrs = {k: [g["lr"] for g in o.param_groups] for k, o in m1.optimizers.items()}
     assert lrs == {"G": [pytest.approx(0.001)], "Di": [pytest.approx(0.0001)], "Dp": [pytest.approx(0.01)]}
     assert m1.optimizers["G"].defaults["betas"] == (0.5, 0.999)
     assert m1.optimizers["Di"].defaults["momentum"] == 0.9 and m1.optimizers["Di"].defaults["weight_decay"] == 1e-4
     m1.save(str(tmp_path), 3)
     files = {n: str(tmp_path / f"3_net_{n}.pth") for n in ("E", "G", "Di", "Dp")}
-    m2 = FDGANModel(stage=2, netE_pretrain=files["E"], netG_pretrain=files["G"], netDi_pretrain=files["Di"],
-                    netDp_pretrain=files["Dp"], **TINY)
+    m2 = FDGANModel(GANConfig(stage=2, netE_pretrain=files["E"], netG_pretrain=files["G"],
+                              netDi_pretrain=files["Di"], netDp_pretrain=files["Dp"], **TINY))
     lrs = {k: [g["lr"] for g in o.param_groups] for k, o in m2.optimizers.items()}
     assert lrs == {"G": [pytest.approx(0.001)] * 3, "Di": [pytest.approx(0.01)], "Dp": [pytest.approx(0.01)]}
-    m3 = FDGANModel(stage=2, netE_pretrain=files["E"], netG_pretrain=files["G"], netDi_pretrain=files["Di"],
-                    netDp_pretrain=files["Dp"], apply_lr_mult=True, **TINY)
+    m3 = FDGANModel(GANConfig(stage=2, netE_pretrain=files["E"], netG_pretrain=files["G"],
+                              netDi_pretrain=files["Di"], netDp_pretrain=files["Dp"], apply_lr_mult=True, **TINY))
     assert [g["lr"] for g in m3.optimizers["G"].param_groups] == [pytest.approx(x) for x in (0.001, 0.01, 0.001)]
     for n in ("E", "G", "Di", "Dp"):
         for k, v in m1.net(n).state_dict().items():
@@ -131,17 +188,16 @@ def test_learning_rates_of_each_stage(stage1_file, tmp_path):
         assert torch.equal(v, e_bn[k]), k
 
 
-@pytest.mark.parametrize("share,skip", [(True, False), (False, True), (True, True)])
 @pytest.mark.slow
-def test_faster_update_gives_the_release_losses_and_gradients(stage1_file, share, skip):
-    """Sharing Di's origin pass and skipping Di/Dp weight gradients in G's step change no number."""
+def test_our_update_gives_the_release_losses_and_gradients(stage1_file):
+    """Sharing Di's origin pass and skipping unused weight gradients in G's step change no number."""
     path, _ = stage1_file
     results = []
-    for flags in (dict(share_di_features=False, skip_unused_grads=False),
-                  dict(share_di_features=share, skip_unused_grads=skip)):
+    for release in (True, False):
         torch.manual_seed(5)
-        model = FDGANModel(stage=1, netE_pretrain=str(path), **flags, **TINY)
-        grads = _iteration_by_updates(model, [1, 2, 3], [1, 5, 3])
+        model = FDGANModel(GANConfig(stage=1, netE_pretrain=str(path), **TINY))
+        step = _ReleasePasses(model) if release else model
+        grads = _iteration_by_updates(model, [1, 2, 3], [1, 5, 3], step)
         e_grads = [p.grad for p in model.net_E.parameters() if p.grad is not None]
         grads["E"] = torch.cat([g.flatten() for g in e_grads]) if e_grads else None
         # What G's step left in the discriminators' gradients (their own update's, plus G's in the release).
@@ -149,42 +205,44 @@ def test_faster_update_gives_the_release_losses_and_gradients(stage1_file, share
             grads[name + " after G"] = torch.cat([p.grad.flatten() for p in model.net(name).parameters()
                                                   if p.grad is not None])
         assert all(p.requires_grad for n in ("Di", "Dp") for p in model.net(n).parameters())
-        results.append((model.get_current_errors(), grads))
+        results.append((step.get_current_errors(), grads))
     (a, ga), (b, gb) = results
     for k in a:
         assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
     for name in ("Di", "Dp", "G"):
         assert torch.allclose(ga[name], gb[name], rtol=1e-4, atol=1e-6 * ga[name].abs().max().item()), name
     for name in ("Di", "Dp"):
-        own = gb[name]
-        if skip:  # G's step added nothing
-            assert torch.equal(gb[name + " after G"], own), name
-        else:  # the release's G step accumulates into them
-            after = gb[name + " after G"]
-            assert after.shape != own.shape or not torch.allclose(after, own), name
+        # Ours: G's step added nothing; the release's G step accumulates into them.
+        assert torch.equal(gb[name + " after G"], gb[name]), name
+        after = ga[name + " after G"]
+        assert after.shape != ga[name].shape or not torch.allclose(after, ga[name]), name
     # The frozen E: the release back-propagates G's loss through it (every parameter gets a
-    # gradient but the unused ImageNet classifier's, never used); skipping unused gradients leaves
-    # it out of the graph.
-    e_params = FDGANModel(stage=1, netE_pretrain=str(path), **TINY).net_E.named_parameters()
+    # gradient but the unused ImageNet classifier's, never used); ours leaves it out of the graph.
+    e_params = FDGANModel(GANConfig(stage=1, netE_pretrain=str(path), **TINY)).net_E.named_parameters()
     n_e = sum(p.numel() for k, p in e_params if ".fc." not in k)
     assert ga["E"] is not None and ga["E"].numel() == n_e and ga["E"].abs().max() > 0
-    assert (gb["E"] is None) == skip
+    assert gb["E"] is None
 
 
 @pytest.mark.slow
-def test_stage2_faster_update_gives_the_release_losses_gradients_and_weights(stage1_file, tmp_path):
+def test_stage2_our_update_gives_the_release_losses_gradients_and_weights(stage1_file, tmp_path):
     """Stage III trains E too: its gradients, and every network after one iteration, are the release's."""
     path, _ = stage1_file
     torch.manual_seed(5)
-    FDGANModel(stage=1, netE_pretrain=str(path), **TINY).save(str(tmp_path), 1)
+    FDGANModel(GANConfig(stage=1, netE_pretrain=str(path), **TINY)).save(str(tmp_path), 1)
     files = {f"net{n}_pretrain": str(tmp_path / f"1_net_{n}.pth") for n in ("E", "G", "Di", "Dp")}
     results = []
-    for flags in (dict(share_di_features=False, skip_unused_grads=False, fused_optimizers=False), {}):
-        model = FDGANModel(stage=2, **files, **flags, **TINY)
-        grads = _iteration_by_updates(model, [1, 2, 3], [1, 5, 3])
+    for release in (True, False):
+        model = FDGANModel(GANConfig(stage=2, **files, **TINY))
+        step = model
+        if release:
+            _without_fused_kernels(model)
+            step = _ReleasePasses(model)
+        grads = _iteration_by_updates(model, [1, 2, 3], [1, 5, 3], step)
         grads["E"] = torch.cat([p.grad.flatten() for p in model.net_E.parameters() if p.grad is not None])
-        results.append((model.get_current_errors(), grads, model))
+        results.append((step.get_current_errors(), grads, model))
     (a, ga, release), (b, gb, ours) = results
+    assert all(g["fused"] is None for o in release.optimizers.values() for g in o.param_groups)
     for k in a:
         assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
     assert ga["E"].numel() == gb["E"].numel() > 0 and ga["E"].abs().max() > 0
@@ -204,28 +262,28 @@ def test_stage2_faster_update_gives_the_release_losses_gradients_and_weights(sta
 @pytest.mark.slow
 def test_stage1_never_changes_or_keeps_gradients_of_the_frozen_encoder(stage1_file):
     path, _ = stage1_file
-    for skip in (False, True):
-        torch.manual_seed(5)
-        model = FDGANModel(stage=1, netE_pretrain=str(path), skip_unused_grads=skip, **TINY)
-        model.train_mode()
-        before = {k: v.clone() for k, v in model.net_E.state_dict().items()}
-        for pids in (([1, 2, 3], [1, 5, 3]), ([4, 2], [4, 2])):
-            model.set_input(_batch(*pids))
-            model.optimize_parameters()
-            assert all(p.grad is None for p in model.net_E.parameters()), skip
-        for k, v in model.net_E.state_dict().items():
-            assert torch.equal(v, before[k]), (skip, k)
+    torch.manual_seed(5)
+    model = FDGANModel(GANConfig(stage=1, netE_pretrain=str(path), **TINY))
+    model.train_mode()
+    before = {k: v.clone() for k, v in model.net_E.state_dict().items()}
+    for pids in (([1, 2, 3], [1, 5, 3]), ([4, 2], [4, 2])):
+        model.set_input(_batch(*pids))
+        model.optimize_parameters()
+        assert all(p.grad is None for p in model.net_E.parameters())
+    for k, v in model.net_E.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 @pytest.mark.slow
 def test_optimisers_use_fused_kernels_and_keep_them_when_resuming_a_loop_run(stage1_file):
     path, _ = stage1_file
     torch.manual_seed(5)
-    loop = FDGANModel(stage=1, netE_pretrain=str(path), fused_optimizers=False, **TINY)
+    loop = FDGANModel(GANConfig(stage=1, netE_pretrain=str(path), **TINY))
+    _without_fused_kernels(loop)
     loop.train_mode()
     loop.set_input(_batch([1, 2, 3], [1, 5, 3]))
     loop.optimize_parameters()
-    fused = FDGANModel(stage=1, netE_pretrain=str(path), **TINY)
+    fused = FDGANModel(GANConfig(stage=1, netE_pretrain=str(path), **TINY))
     assert {n: [g["fused"] for g in o.param_groups] for n, o in loop.optimizers.items()} == \
         {"G": [None], "Di": [None], "Dp": [None]}
     fused.load_state_dict(loop.state_dict())
@@ -240,11 +298,11 @@ def test_optimisers_use_fused_kernels_and_keep_them_when_resuming_a_loop_run(sta
 
 def test_missing_pretrain_files_are_reported_up_front(tmp_path):
     with pytest.raises(ConfigError, match="--netE-pretrain"):
-        FDGANModel(stage=1, arch="resnet18", height=H, width=W)
+        FDGANModel(GANConfig(stage=1, arch="resnet18", height=H, width=W))
     with pytest.raises(ConfigError, match="--netG-pretrain, --netDi-pretrain, --netDp-pretrain"):
-        FDGANModel(stage=2, netE_pretrain=str(tmp_path / "x.pth"), arch="resnet18", height=H, width=W)
+        FDGANModel(GANConfig(stage=2, netE_pretrain=str(tmp_path / "x.pth"), arch="resnet18", height=H, width=W))
     with pytest.raises(ConfigError, match="file not found"):
-        FDGANModel(stage=1, netE_pretrain=str(tmp_path / "missing.pth"), **TINY)
+        FDGANModel(GANConfig(stage=1, netE_pretrain=str(tmp_path / "missing.pth"), **TINY))
 
 
 # ---------------------------------------------------------------- the release's step, re-stated
@@ -352,9 +410,9 @@ def test_three_iterations_a_scheduler_step_and_a_resume_equal_the_release_step(s
     if stage == 1:
         files = dict(netE_pretrain=str(path))
     else:
-        FDGANModel(stage=1, netE_pretrain=str(path), **TINY).save(str(tmp_path), 1)
+        FDGANModel(GANConfig(stage=1, netE_pretrain=str(path), **TINY)).save(str(tmp_path), 1)
         files = {f"net{n}_pretrain": str(tmp_path / f"1_net_{n}.pth") for n in ("E", "G", "Di", "Dp")}
-    model = FDGANModel(stage=stage, **files, **kw)
+    model = FDGANModel(GANConfig(stage=stage, **files, **kw))
     nets = {n: copy.deepcopy(model.net(n)).requires_grad_(True) for n in ("E", "G", "Di", "Dp")}
     g_start = copy.deepcopy(model.net_G.state_dict())
     lr = kw["lr"]
@@ -378,7 +436,7 @@ def test_three_iterations_a_scheduler_step_and_a_resume_equal_the_release_step(s
         errors["release", i] = _release_iteration(nets, opts, inputs, 1.0)
     resume = tmp_path / "resume.pth"
     torch.save(model.state_dict(), resume)
-    resumed = FDGANModel(stage=stage, **files, **kw)
+    resumed = FDGANModel(GANConfig(stage=stage, **files, **kw))
     resumed.load_state_dict(torch.load(resume, weights_only=True))
     model.update_learning_rate()
     resumed.update_learning_rate()

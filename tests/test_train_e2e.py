@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train
-from fdgan.model import FDGANModel
+from fdgan.model import FDGANModel, GANConfig
 from helpers import render_synthetic
 from options import Options
 from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
@@ -72,8 +72,8 @@ def _heldout_l1(run, root, generator_file):
     ds = load_dataset("synthetic", str(root), require_poses=True)
     loader = build_pose_pair_loader(ds.trainval, ds.trainval_pid2files, ds.images_dir, ds.poses_dir, 64, 32, 32, 0)
     batch = next(iter(loader))
-    model = FDGANModel(stage=1, arch="resnet18", height=64, width=32, pose_feature_size=16, noise_feature_size=16,
-                       pretrained=False)
+    model = FDGANModel(GANConfig(stage=1, arch="resnet18", height=64, width=32, pose_feature_size=16,
+                                 noise_feature_size=16, pretrained=False))
     copy_state_dict(load_checkpoint(run / "3_net_E.pth"), model.net_E)
     if generator_file is not None:
         copy_state_dict(load_checkpoint(generator_file), model.net_G)
@@ -211,7 +211,7 @@ def test_release_readme_commands_parse_and_dry_start(tmp_path):
     generate_synthetic_dataset(tmp_path / "market1501", SyntheticConfig(num_ids=210, num_cams=2, images_per_cam=1,
                                                                       height=64, width=32, seed=5))
     torch.manual_seed(0)
-    model = FDGANModel(stage=1, arch="resnet50", pretrained=False, netE_pretrain="")
+    model = FDGANModel(GANConfig(stage=1, arch="resnet50", pretrained=False, netE_pretrain=""))
     model.save(str(tmp_path / "S"), 100)
     (tmp_path / "DIR").mkdir()
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.net_E.state_dict().items()}},
