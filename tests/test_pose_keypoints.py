@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fdgan.model import FDGANModel
+from fdgan.model import FDGANModel, GANConfig
 from reid import datasets
 from reid.utils.data.preprocessor import Preprocessor, batch_pose_maps, draw_pose_maps, generate_pose_map
 from test_posemap import release_map
@@ -70,7 +70,7 @@ def test_batched_drawing_at_the_borders_with_per_item_sigma_and_flip():
 
 def test_set_input_builds_the_same_batch_from_keypoints(synthetic_root):
     kw = dict(arch="resnet18", height=H, width=W, pose_feature_size=8, noise_feature_size=8, pretrained=False)
-    model = FDGANModel(stage=1, **kw)
+    model = FDGANModel(GANConfig(stage=1, **kw))
     built = []
     for draw_maps in (True, False):
         items = _items(synthetic_root, draw_maps, "gauss", 12)
