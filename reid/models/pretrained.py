@@ -29,11 +29,8 @@ RANDOM: Dict[str, Any] = {"kind": "random"}
 
 def file_sha256(path: str) -> str:
     """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _shapes(depth: int) -> Dict[str, Tuple[int, ...]]:

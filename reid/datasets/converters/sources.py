@@ -169,11 +169,8 @@ def is_tar(path: str) -> bool:
 
 def file_md5(path: PathLike) -> str:
     """The md5 hex digest of a file's content."""
-    h = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def check_md5(src: str, dataset: str) -> None:
