@@ -54,7 +54,8 @@ from bench_loader import images_per_second  # noqa: E402
 from fdgan.model import FDGANModel, GANConfig  # noqa: E402
 from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset  # noqa: E402
 from reid.errors import ConfigError  # noqa: E402
-from reid.pipelines.common import build_siamese, load_dataset  # noqa: E402
+from reid.models import build_siamese  # noqa: E402
+from reid.pipelines.common import load_dataset  # noqa: E402
 from reid.trainers import SiameseTrainer  # noqa: E402
 from reid.utils.amp import resolve_mixed_precision  # noqa: E402
 from reid.utils.data.loaders import build_pair_loader, build_pose_pair_loader  # noqa: E402

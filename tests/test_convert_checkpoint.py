@@ -10,7 +10,7 @@ import torch
 
 from fdgan.networks import CustomPoseGenerator, NLayerDiscriminator, get_norm_layer
 from helpers import STATE_DICT_KEYS, load_json, load_script, one_error_line
-from reid.models.loading import build_siamese
+from reid.models import build_siamese
 from reid.utils.serialization import load_checkpoint, save_checkpoint
 
 convert = load_script("convert_checkpoint")

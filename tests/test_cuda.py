@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fdgan.model import FDGANModel
-from reid.pipelines.common import build_siamese
+from fdgan.model import FDGANModel, GANConfig
+from reid.models import build_siamese
 from reid.trainers import SiameseTrainer
 from reid.utils.amp import resolve_mixed_precision
 from reid.utils.data.preprocessor import draw_pose_maps
@@ -51,8 +51,8 @@ def _pose_batch(pairs: int = 4) -> list:
 def _stage2_losses(device: str, amp_dtype=None) -> dict:
     dev = torch.device(device)
     torch.manual_seed(0)
-    model = FDGANModel(stage=1, device=dev,
-                       mixed_precision=resolve_mixed_precision(amp_dtype is not None, amp_dtype, dev), **FDGAN)
+    model = FDGANModel(GANConfig(stage=1, **FDGAN), device=dev,
+                       mixed_precision=resolve_mixed_precision(amp_dtype is not None, amp_dtype, dev))
     model.train_mode()
     model.set_input(_pose_batch())
     model.noise = torch.randn(4, 8, generator=torch.Generator().manual_seed(3)).repeat(2, 1).view(8, 8, 1, 1).to(dev)
