@@ -51,6 +51,12 @@ def stage2_section(study: Stage2Study, grid: str) -> Section:
     rows = [[name, f"{v['L1']:.4f}", f"{v['SSIM']:.4f}"] for name, v in study.baselines.items()]
     rows += [[f"G after Stage II epoch {e['epoch']}", f"{e['L1']:.4f}", f"{e['SSIM']:.4f}"] for e in study.epochs]
     inputs = study.inputs
+    half = inputs["real persons"] / 2
+    draws_person = (f"G draws the source person by this measure: another source changes its image by "
+                    f"{inputs['identity']:.4f}, at least half ({half:.4f}) of what separates two real persons."
+                    if inputs["identity"] >= half else
+                    f"G does not draw the source person: another source changes its image by {inputs['identity']:.4f}, "
+                    f"less than half ({half:.4f}) of what separates two real persons.")
     verdict = ("G's last epoch beats both trivial predictors on both scores." if study.beats_trivial else
                "G's last epoch does not beat both trivial predictors on both scores.")
     return Section(
@@ -62,7 +68,7 @@ def stage2_section(study: Stage2Study, grid: str) -> Section:
                "What the last G's image depends on (mean absolute change in [0, 1] when one input is swapped for "
                f"another pair's): another person's source {inputs['identity']:.4f}, another target pose "
                f"{inputs['pose']:.4f}, another noise vector {inputs['noise']:.4f}; the real targets of those "
-               f"pairs (another person in another pose) differ by {inputs['real persons']:.4f}."],
+               f"pairs (another person in another pose) differ by {inputs['real persons']:.4f}. " + draws_person],
         header=("predictor", "L1", "SSIM"), rows=rows,
         images=[("Pose transfer on held-out identities: source, target pose, real target, then G after each "
                  "Stage II epoch", grid)])
