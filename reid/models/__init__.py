@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Union
 
 from reid.errors import ConfigError
 from reid.models.embedding import EltwiseSubEmbed
@@ -46,12 +46,13 @@ def create(name: str, *args: Any, **kwargs: Any) -> ResNet:
     return _FACTORY[name](*args, **kwargs)
 
 
-def build_siamese(arch: str = "resnet50", pretrained: bool = True, num_classes: int = 2) -> SiameseNet:
+def build_siamese(arch: str = "resnet50", pretrained: Union[bool, str] = True, num_classes: int = 2) -> SiameseNet:
     """SiameseNet(ResNet cut at pooling, EltwiseSubEmbed(square, BN, classifier)) as net_E / net_Di.
 
     Args:
         arch: the backbone (``reid.models.names()``).
-        pretrained: start the backbone from ImageNet weights.
+        pretrained: start the backbone from ImageNet weights (True), from a local torchvision-format
+            weights file (its path), or from random weights (False); see :class:`ResNet`.
         num_classes: outputs of the verification head (2 for E, 1 for Di).
     """
     base = create(arch, pretrained=pretrained, cut_at_pooling=True)
