@@ -106,20 +106,30 @@ def read_weights_file(path: str, depth: int) -> Tuple[Dict[str, torch.Tensor], D
     return out, weights_origin(path, loaded=len(loaded))
 
 
+def substitute_sidecar(path: str, sha256: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """The sidecar ``path + '.json'`` that :func:`reid.pipelines.pretrain.pretrain_backbone` wrote
+    for the weights file ``path``, or None when there is none, it is unreadable, or its checksum is
+    not the file's (``sha256``: the file's, if already computed)."""
+    if not (os.path.isfile(path) and os.path.isfile(path + SIDECAR_SUFFIX)):
+        return None
+    try:
+        with open(path + SIDECAR_SUFFIX, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(info, dict) and info.get("kind") == "substitute"):
+        return None
+    return info if info.get("sha256") == (sha256 or file_sha256(path)) else None
+
+
 def weights_origin(path: str, loaded: Optional[int] = None) -> Dict[str, Any]:
     """The origin record of a local weights file (``substitute`` with its settings, or ``file``)."""
     sha = file_sha256(path)
     origin: Dict[str, Any] = {"kind": "file", "file": os.path.abspath(path), "sha256": sha}
-    sidecar = path + SIDECAR_SUFFIX
-    if os.path.isfile(sidecar):
-        try:
-            with open(sidecar, encoding="utf-8") as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            info = None
-        if isinstance(info, dict) and info.get("kind") == "substitute" and info.get("sha256") == sha:
-            origin.update(kind="substitute", settings=info.get("settings"),
-                          heldout_id_accuracy=info.get("heldout_id_accuracy"))
+    info = substitute_sidecar(path, sha)
+    if info is not None:
+        origin.update(kind="substitute", settings=info.get("settings"),
+                      heldout_id_accuracy=info.get("heldout_id_accuracy"))
     if loaded is not None:
         origin["tensors_loaded"] = loaded
     return origin

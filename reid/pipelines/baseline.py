@@ -6,6 +6,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -109,7 +110,8 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
     device, ctx = run.device, run.dist
     dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.num_val, protocol=protocols[0])
     model = build_siamese(cfg.arch, pretrained=False if cfg.resume else cfg.backbone_init(), num_classes=2).to(device)
-    origin = _origin(cfg.resume) if cfg.resume else model.base_model.backbone_origin
+    resumed = load_checkpoint(cfg.resume) if cfg.resume else None
+    origin = _origin(resumed, cfg.resume) if cfg.resume else model.base_model.backbone_origin
     eval_kwargs = dict(dataset_name=cfg.dataset, data_dir=cfg.data_dir, split_id=cfg.split, protocols=protocols,
                        height=cfg.height, width=cfg.width, batch_size=cfg.batch_size, workers=cfg.workers,
                        device=device, num_val=cfg.num_val, progress=run.progress,
@@ -118,8 +120,7 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
     if cfg.evaluate:
         if not ctx.is_main:
             return {}
-        checkpoint = load_checkpoint(cfg.resume)
-        copy_state_dict(checkpoint, model, source=cfg.resume)
+        copy_state_dict(resumed, model, source=cfg.resume)
         topk = cfg.rerank_topk if cfg.rerank_topk is not None else TEST_RESCORE_TOPK
         results = evaluate_on_test(model, rerank_topk=topk, title="[test] ", **eval_kwargs)
         out = os.path.join(cfg.logs_dir, "evaluate_results.json")
@@ -159,7 +160,7 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
     # never one an older run left behind (e.g. --epochs 0 --overwrite over an old run).
     own_best = False
     if cfg.resume:
-        start_epoch, best_map = _resume(cfg.resume, model, optimizer, trainer.scaler, run)
+        start_epoch, best_map = _resume(resumed, cfg.resume, model, optimizer, trainer.scaler, run)
         own_best = start_epoch > 0 and _continues_run_in(cfg.resume, cfg.logs_dir)
         if start_epoch >= cfg.epochs:
             logger.info("%s already finished %d epochs; going straight to the final test", cfg.resume, cfg.epochs)
@@ -204,11 +205,10 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
     return results
 
 
-def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+def _resume(checkpoint: Any, path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
             scaler: "torch.amp.GradScaler", run: TrainingRun) -> tuple[int, float]:
-    """Load weights from ``path``; if it is a training state, also the optimiser, epoch, RNGs
-    (:meth:`TrainingRun.restore_rng`) and the fp16 loss scale."""
-    checkpoint = load_checkpoint(path)
+    """Load the weights of ``checkpoint`` (read from ``path``); if it is a training state, also the
+    optimiser, epoch, RNGs (:meth:`TrainingRun.restore_rng`) and the fp16 loss scale."""
     copy_state_dict(checkpoint, model, source=path)
     if not (isinstance(checkpoint, dict) and "epoch" in checkpoint and "optimizer" in checkpoint):
         logger.info("Loaded weights from %s; training starts at epoch 0", path)
@@ -226,9 +226,8 @@ def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
     return epoch, best
 
 
-def _origin(checkpoint_path: str) -> dict:
+def _origin(checkpoint: Any, checkpoint_path: str) -> dict:
     """Where the backbone of a checkpoint started: its own ``backbone`` entry, else its folder's record."""
-    checkpoint = load_checkpoint(checkpoint_path)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("backbone"), dict):
         return checkpoint["backbone"]
     return recorded_origin(checkpoint_path)

@@ -18,7 +18,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F
@@ -30,14 +30,13 @@ from reid import models
 from reid.datasets.synthetic_render.appearance import GENERATOR_VERSION
 from reid.datasets.synthetic_render.stream import IdentityBatchSampler, RenderedIdentities
 from reid.errors import ConfigError
-from reid.evaluation_metrics import evaluate_rank
 from reid.evaluation_metrics.chance import chance_levels
-from reid.evaluators import extract_features, ids_and_cams, pairwise_distance
+from reid.evaluators import CascadeEvaluator, ids_and_cams
 from reid.loss import batch_hard_triplet_loss
-from reid.models.pretrained import SIDECAR_SUFFIX, file_sha256
+from reid.models.pretrained import SIDECAR_SUFFIX, file_sha256, substitute_sidecar
 from reid.pipelines.common import load_dataset
 from reid.utils.data.loaders import build_eval_loader, unique_items
-from reid.utils.osutils import atomic_write, mkdir_if_missing, write_json
+from reid.utils.osutils import atomic_write, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +170,6 @@ def pretrain_backbone(cfg: PretrainConfig, out_path: str, device: torch.device |
     bar.close()
     train_seconds = time.time() - start
     accuracy = heldout_accuracy(net, cfg, workers, device)
-    mkdir_if_missing(os.path.dirname(os.path.abspath(out_path)))
     state = {k: v.detach().cpu() for k, v in net.backbone.base.state_dict().items()}
     with atomic_write(out_path, "wb") as f:
         torch.save(state, f)
@@ -189,8 +187,8 @@ def substitute_backbone(cfg: PretrainConfig, cache_dir: str, device: torch.devic
     """Path of the substitute backbone for ``cfg`` in ``cache_dir``: reused when a file with these
     settings is there (and its sidecar's checksum matches), trained and written otherwise."""
     path = os.path.join(cache_dir, cfg.file_name())
-    info = _read_sidecar(path)
-    if info is not None and info.get("settings") == cfg.settings() and info.get("sha256") == file_sha256(path):
+    info = substitute_sidecar(path)
+    if info is not None and info.get("settings") == cfg.settings():
         logger.info("Reusing the substitute backbone %s (same settings; built in %.0f s, held-out ID accuracy %.1f%%)",
                     path, info.get("seconds", float("nan")), 100 * info.get("heldout_id_accuracy", float("nan")))
         return path
@@ -200,17 +198,6 @@ def substitute_backbone(cfg: PretrainConfig, cache_dir: str, device: torch.devic
     return path
 
 
-def _read_sidecar(path: str) -> Optional[Dict[str, Any]]:
-    if not (os.path.isfile(path) and os.path.isfile(path + SIDECAR_SUFFIX)):
-        return None
-    try:
-        with open(path + SIDECAR_SUFFIX, encoding="utf-8") as f:
-            info = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
-
-
 def evaluate_backbone(weights: str, arch: str, dataset_dir: str, height: int, width: int,
                       device: torch.device | str = "cpu", workers: int = 2, batch_size: int = 64) -> Dict[str, Any]:
     """First-stage test scores (Euclidean distance of pooled features, open-reid protocol) of a
@@ -218,11 +205,11 @@ def evaluate_backbone(weights: str, arch: str, dataset_dir: str, height: int, wi
     name = os.path.basename(os.path.normpath(dataset_dir))
     dataset = load_dataset(name, os.path.dirname(os.path.normpath(dataset_dir)) or ".")
     backbone = models.create(arch, pretrained=weights, cut_at_pooling=True).to(device)
-    items = unique_items(dataset.query, dataset.gallery)
-    loader = build_eval_loader(items, dataset.images_dir, height, width, batch_size, workers)
-    features = extract_features(backbone, loader, device, progress=False)
-    qf = torch.stack([features[f] for f, _, _ in dataset.query])
-    gf = torch.stack([features[f] for f, _, _ in dataset.gallery])
-    ids_cams = ids_and_cams(dataset.query, dataset.gallery)
-    res = evaluate_rank(pairwise_distance(qf, gf), *ids_cams)
-    return {"mAP": res["mAP"], "top1": res["top1"], "chance": chance_levels(*ids_cams)}
+    loader = build_eval_loader(unique_items(dataset.query, dataset.gallery), dataset.images_dir, height, width,
+                               batch_size, workers)
+    # No verification head exists yet: the first cascade stage alone.
+    evaluator = CascadeEvaluator(backbone, embed_model=None, device=device, progress=False)
+    res = evaluator.evaluate(loader, dataset.query, dataset.gallery, second_stage=False,
+                             title="[pre-trained backbone] ")["first_stage"]
+    return {"mAP": res["mAP"], "top1": res["top1"],
+            "chance": chance_levels(*ids_and_cams(dataset.query, dataset.gallery))}
