@@ -108,12 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     backbone, pretrained_only = ["--no-pretrained"], None
     if args.pretrain_iters > 0:
         pre = PretrainConfig(arch="resnet18", height=args.height, width=args.width, num_ids=args.pretrain_ids,
-                             iterations=args.pretrain_iters,
-                             heldout_ids=min(PretrainConfig.heldout_ids, args.pretrain_ids))
+                             iterations=args.pretrain_iters)
         cache = os.path.join(args.data_dir, "pretrained")
         run([py, "scripts/pretrain_backbone.py", "--cache-dir", cache, "-a", "resnet18", *size,
              "--num-ids", str(pre.num_ids), "--iterations", str(pre.iterations),
-             "--heldout-ids", str(pre.heldout_ids), "-j", str(args.workers),
+             "-j", str(args.workers),
              "--no-progress"])
         weights = os.path.join(cache, pre.file_name())
         backbone = ["--pretrained-weights", weights]

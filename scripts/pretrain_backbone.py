@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids-per-batch", type=int, default=d.ids_per_batch, help="P of the P x K batches")
     p.add_argument("--images-per-id", type=int, default=d.images_per_id, help="K of the P x K batches")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam's peak learning rate")
-    p.add_argument("--heldout-ids", type=int, default=d.heldout_ids,
-                   help="identities whose held-out renderings measure the ID accuracy")
+    p.add_argument("--heldout-ids", type=int, default=None,
+                   help="identities whose held-out renderings measure the ID accuracy (default: 200, or all if fewer)")
     p.add_argument("-j", "--workers", type=int, default=2, help="rendering processes")
     p.add_argument("--device", default="cpu")
     p.add_argument("--eval-dataset", default="", metavar="DIR",

@@ -74,7 +74,7 @@ class ExperimentConfig:
 def substitute_config(cfg: ExperimentConfig) -> PretrainConfig:
     """The substitute backbone's settings for the experiment's architecture and image size."""
     return PretrainConfig(arch=cfg.arch, height=cfg.height, width=cfg.width, num_ids=cfg.pretrain_ids,
-                          iterations=cfg.pretrain_iters, heldout_ids=min(PretrainConfig.heldout_ids, cfg.pretrain_ids))
+                          iterations=cfg.pretrain_iters)
 
 
 def _baseline(cfg: ExperimentConfig, seed: int, logs_dir: str, weights: str) -> dict:

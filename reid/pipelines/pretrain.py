@@ -18,7 +18,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -60,8 +60,13 @@ class PretrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     margin: float = 0.3
-    heldout_ids: int = 200  # identities whose held-out renderings measure the ID accuracy
+    # Identities whose held-out renderings measure the ID accuracy (None: 200, or all if fewer).
+    heldout_ids: Optional[int] = None
     heldout_images: int = 4
+
+    def __post_init__(self) -> None:
+        if self.heldout_ids is None:
+            object.__setattr__(self, "heldout_ids", min(200, self.num_ids))
 
     def validate(self) -> None:
         """Raise ConfigError for settings that cannot be trained."""

@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from reid.datasets.synthetic_render.appearance import Appearance, _pick, random_appearance, random_camera, random_view
+from reid.datasets.synthetic_render.dataset import _rng
 from reid.datasets.synthetic_render.drawing import render_person
 from reid.utils.data.transforms import build_test_transform
 
@@ -23,10 +24,6 @@ from reid.utils.data.transforms import build_test_transform
 _APPEARANCE, _CAMERA, _SAMPLE = 6, 7, 8
 
 Key = Tuple[int, int]  # (identity, draw)
-
-
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng([int(k) for k in key])
 
 
 class RenderedIdentities(Dataset):
