@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from fdgan.experiment.transfer_eval import Stage2Study, study_stage2  # noqa: E402
-from reid.models.pretrained import describe, weights_origin  # noqa: E402
+from reid.models.pretrained import RANDOM, describe, weights_origin  # noqa: E402
 from reid.pipelines.pretrain import PretrainConfig, evaluate_backbone  # noqa: E402
 from reid.evaluators import RESCORE_TOPK, TEST_RESCORE_TOPK  # noqa: E402
 from reid.report import (  # noqa: E402
@@ -111,15 +111,14 @@ def main(argv: list[str] | None = None) -> int:
                              iterations=args.pretrain_iters)
         cache = os.path.join(args.data_dir, "pretrained")
         run([py, "scripts/pretrain_backbone.py", "--cache-dir", cache, "-a", "resnet18", *size,
-             "--num-ids", str(pre.num_ids), "--iterations", str(pre.iterations),
-             "-j", str(args.workers),
+             "--num-ids", str(pre.num_ids), "--iterations", str(pre.iterations), "-j", str(args.workers),
              "--no-progress"])
         weights = os.path.join(cache, pre.file_name())
         backbone = ["--pretrained-weights", weights]
         pretrained_only = evaluate_backbone(weights, "resnet18", root, args.height, args.width, workers=args.workers)
         log.info("The pre-trained backbone alone (no Stage I), test first stage: mAP %.1f%% (chance %.1f%%)",
                  100 * pretrained_only["mAP"], 100 * pretrained_only["chance"]["mAP"])
-    origin = weights_origin(backbone[1]) if pretrained_only else {"kind": "random"}
+    origin = weights_origin(backbone[1]) if pretrained_only else dict(RANDOM)
 
     stage1 = os.path.join(out, "stage1")
     run([py, "baseline.py", *common, *size, "--data-dir", args.data_dir, "-a", "resnet18", *backbone,
