@@ -81,6 +81,17 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(parent / "synthetic")
 
 
+@pytest.fixture(scope="module")
+def module_tmp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """An empty folder for one test module's shared fixtures, removed once the module's tests are
+    done: their runs write checkpoints of tens of MB each, which the suite must not pile up on a
+    CI machine's disk until the session ends (function-level ``tmp_path`` folders go once their
+    test passes: ``tmp_path_retention_policy`` in pytest.ini)."""
+    folder = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
 def data(tmp_path, synthetic_root: str):
     """A private copy of the session's synthetic dataset: ``<data>/synthetic``; returns ``<data>``."""

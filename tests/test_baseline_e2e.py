@@ -20,8 +20,8 @@ COMMON = ["-d", "synthetic", "-a", "resnet18", "--no-pretrained", "--height", "6
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return render_synthetic(tmp_path_factory.mktemp("stage1"), num_ids=40, seed=3)
+def data_dir(module_tmp):
+    return render_synthetic(module_tmp, num_ids=40, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -277,8 +277,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def summary(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("ddp")
+def summary(module_tmp) -> dict:
+    out = module_tmp
     mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
     return json.loads((out / "summary.json").read_text())
 

@@ -21,8 +21,8 @@ CARDS = (11, 24, 40, 80)
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpu_check")
+def results(module_tmp):
+    out = module_tmp
     proc = subprocess.run([sys.executable, "scripts/gpu_check.py", "--device", "cpu", "--quick", "--out", str(out)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout(900),
                           env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -154,9 +154,9 @@ def assert_same(a: Any, b: Any, where: str = "") -> int:
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory, synthetic_root: str) -> Path:
+def data_root(module_tmp: Path, synthetic_root: str) -> Path:
     """A private copy of the session's synthetic dataset (the runs only read it)."""
-    root = tmp_path_factory.mktemp("kill_data")
+    root = module_tmp
     shutil.copytree(synthetic_root, root / "synthetic")
     return root
 

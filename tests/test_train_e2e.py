@@ -35,8 +35,8 @@ def no_proxy(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return render_synthetic(tmp_path_factory.mktemp("gan"), num_ids=12, seed=4)
+def root(module_tmp):
+    return render_synthetic(module_tmp, num_ids=12, seed=4)
 
 
 @pytest.fixture(scope="module")
