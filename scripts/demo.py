@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="iterations of the ImageNet substitute (0: E starts from random weights)")
     p.add_argument("--pretrain-ids", type=int, default=PretrainConfig.num_ids,
                    help="rendered identities of the ImageNet substitute")
-    p.add_argument("--stage1-epochs", type=int, default=6)
-    p.add_argument("--stage2-epochs", type=int, default=4, help="Stage II epochs (the last half decays the lr)")
+    p.add_argument("--stage1-epochs", type=int, default=3)
+    p.add_argument("--stage2-epochs", type=int, default=3,
+                   help="Stage II epochs (the last half, rounded down, decays the lr)")
     p.add_argument("--stage3-epochs", type=int, default=2, help="Stage III epochs (the last half decays the lr)")
     p.add_argument("--gan-iters", type=int, default=20, help="iterations per Stage II/III epoch")
     p.add_argument("-j", "--workers", type=int, default=2)
