@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                ("Stage II training visuals", "stage2/web/index.html"),
                ("Stage III training visuals", "stage3/web/index.html")],
         notes=[f"Settings: ResNet-18 starting from {describe(origin)}, {args.height} x {args.width} images, Stage I "
-               f"{args.stage1_epochs} epochs at lr {args.stage1_lr:g}, Stage II {n2} and Stage III {n3} epochs of {args.gan_iters} iterations; "
-               f"total {time.time() - start:.0f} s on this machine.",
+               f"{args.stage1_epochs} epochs at lr {args.stage1_lr:g}, Stage II {n2} and Stage III {n3} epochs of "
+               f"{args.gan_iters} iterations; total {time.time() - start:.0f} s on this machine.",
                "First stage = Euclidean distance of E's pooled features; second stage = the verification head "
                f"re-scores each query's top candidates ({RESCORE_TOPK} for Stage I, {TEST_RESCORE_TOPK} for "
                "Stage III). The chance columns are what a random ranking scores on the same query and gallery.",

@@ -258,3 +258,12 @@ def test_tiny_experiment_writes_consistent_page_and_json(tmp_path):
     assert json.loads((out / "seed1" / "stage3" / "results.json").read_text())["backbone"] == stage1_file["backbone"]
     assert "rendered-identity substitute (16 identities, 1 iterations" in page
     assert "Goal 1" in page and "Goal 3" in page
+    # Each run keeps its weights files and logs; no finished run keeps its resume file.
+    runs = ["stage1", "stage2", "stage3", "stage3_lambda_sp0", "stage3_lambda_veri0"]
+    assert sorted(p.name for p in (out / "seed1").iterdir()) == sorted(runs)
+    for run in runs:
+        files = {p.name for p in (out / "seed1" / run).iterdir()}
+        assert not files & {"checkpoint.pth.tar", "latest.pth"}, run
+    assert (out / "seed1" / "stage1" / "model_best.pth.tar").is_file()
+    assert {"2_net_E.pth", "2_net_G.pth", "2_net_Di.pth", "2_net_Dp.pth"} <= set(os.listdir(out / "seed1" / "stage2"))
+    assert {"best_net_E.pth", "best_net_G.pth"} <= set(os.listdir(out / "seed1" / "stage3"))
