@@ -20,6 +20,7 @@ from reid.pipelines.common import (
     chance_on_test, check_test_images, evaluate_on_test, evaluate_on_val, expand_protocols, load_dataset,
     write_results,
 )
+from reid.pipelines.baseline import CHECKPOINT_FILE
 from reid.pipelines.run import RunConfig, TrainingRun, check_run_folder
 from reid.utils.data.loaders import build_pose_pair_loader
 from reid.utils.serialization import load_checkpoint
@@ -31,6 +32,16 @@ _GAN = GANConfig()
 RESUME_FILE = "latest.pth"
 #: Files whose presence means a run folder holds a Stage II/III run.
 RUN_FILES = (RESUME_FILE, "*_net_*.pth")
+
+
+def drop_resume_files(run_dir: str) -> None:
+    """Remove the resume file of a finished Stage I, II or III run in ``run_dir`` (its weights with
+    the optimisers' state, most of the folder's size), for callers that never continue the run;
+    the weights files and logs stay."""
+    for name in (CHECKPOINT_FILE, RESUME_FILE):
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
 
 
 @dataclass

@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.join(REPO, "scripts", "bench"))
 
 from bench_loader import images_per_second  # noqa: E402
 from fdgan.model import FDGANModel, GANConfig  # noqa: E402
-from fdgan.pipeline import RESUME_FILE  # noqa: E402
+from fdgan.pipeline import drop_resume_files  # noqa: E402
 from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset  # noqa: E402
 from reid.errors import ConfigError  # noqa: E402
 from reid.models import build_siamese  # noqa: E402
@@ -240,12 +240,7 @@ class Checker:
                 *self._common(), *self._amp_flags(dtype), *extra]
 
     def _record_run(self, name: str, res: subprocess.CompletedProcess, losses: List[float], **figures: Any) -> bool:
-        # The check reads a run's logs and weights files, never its resume file (the weights with
-        # the optimisers' state, most of the run's size): drop it.
-        for resume_file in ("checkpoint.pth.tar", RESUME_FILE):
-            path = os.path.join(self.runs, name, resume_file)
-            if os.path.exists(path):
-                os.remove(path)
+        drop_resume_files(os.path.join(self.runs, name))  # the checks read logs and weights files only
         ok = res.returncode == 0 and bool(losses) and all(math.isfinite(v) for v in losses)
         self.record(name, ok, returncode=res.returncode, losses=losses, **figures,
                     **({} if ok else {"output": (res.stdout + res.stderr)[-3000:]}))

@@ -15,7 +15,7 @@ from fdgan.experiment.transfer_eval import (
     baseline_scores, beats_trivial, held_out_pairs, input_sensitivity, pose_transfer_grid, stage2_epoch_scores,
 )
 from fdgan.generation import PoseTransfer
-from fdgan.pipeline import RESUME_FILE, TrainConfig, run_training
+from fdgan.pipeline import TrainConfig, drop_resume_files, run_training
 from reid.datasets import create
 from reid.datasets.synthetic_render import SyntheticConfig, generate_synthetic_dataset
 from reid.evaluators import pairwise_distance
@@ -77,13 +77,6 @@ def substitute_config(cfg: ExperimentConfig) -> PretrainConfig:
                           iterations=cfg.pretrain_iters)
 
 
-def _drop_resume_state(path: str) -> None:
-    """Remove a finished run's resume file: the experiment never continues a run, and these files
-    (the weights with every optimiser's state) are most of a run folder's size."""
-    if os.path.exists(path):
-        os.remove(path)
-
-
 def _baseline(cfg: ExperimentConfig, seed: int, logs_dir: str, weights: str) -> dict:
     results = run_baseline(BaselineConfig(
         dataset="synthetic", data_dir=cfg.data_root, logs_dir=logs_dir, arch=cfg.arch, pretrained=False,
@@ -91,7 +84,7 @@ def _baseline(cfg: ExperimentConfig, seed: int, logs_dir: str, weights: str) -> 
         batch_size=32, lr=cfg.stage1_lr, epochs=cfg.stage1_epochs, step_size=max(1, cfg.stage1_epochs * 5 // 6),
         eval_step=max(1, cfg.stage1_epochs // 3), augment="none", protocol="both", seed=seed, device="cpu",
         progress=False, workers=cfg.workers, height=cfg.height, width=cfg.width, overwrite=True))
-    _drop_resume_state(os.path.join(logs_dir, "checkpoint.pth.tar"))
+    drop_resume_files(logs_dir)  # the experiment never continues a run
     return results
 
 
@@ -105,7 +98,7 @@ def _gan(cfg: ExperimentConfig, seed: int, checkpoints: str, name: str, stage: i
     )
     base.update(kw)
     results = run_training(TrainConfig(**base))
-    _drop_resume_state(os.path.join(checkpoints, name, RESUME_FILE))
+    drop_resume_files(os.path.join(checkpoints, name))
     return results
 
 

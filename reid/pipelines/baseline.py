@@ -51,8 +51,10 @@ class BaselineConfig(RunConfig):
     augment: str = "release"
 
 
+#: The resume file of a Stage I run (weights, optimiser, epoch, RNG states).
+CHECKPOINT_FILE = "checkpoint.pth.tar"
 #: Files whose presence means a --logs-dir holds a Stage I run.
-RUN_FILES = ("checkpoint.pth.tar", "model_best.pth.tar")
+RUN_FILES = (CHECKPOINT_FILE, "model_best.pth.tar")
 
 
 def _continues_run_in(resume: str, folder: str) -> bool:
@@ -154,7 +156,7 @@ def _run(cfg: BaselineConfig, protocols: list[str], run: TrainingRun) -> dict:
     start_epoch, best_map = 0, -1.0
     if ctx.is_main:
         write_origin(cfg.logs_dir, origin)
-    ckpt_path = os.path.join(cfg.logs_dir, "checkpoint.pth.tar")
+    ckpt_path = os.path.join(cfg.logs_dir, CHECKPOINT_FILE)
     best_path = os.path.join(cfg.logs_dir, "model_best.pth.tar")
     # The final test uses model_best only if this run wrote it or continues the run that did,
     # never one an older run left behind (e.g. --epochs 0 --overwrite over an old run).
